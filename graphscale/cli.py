@@ -1,0 +1,65 @@
+"""The ``graphscale`` command line.
+
+Each sub-command lives next to the code it drives, in a module that exposes
+``add_parser(subparsers)``; the parser it adds sets ``func(args) -> int``. Those modules import
+their heavy dependencies inside ``func`` so that ``graphscale --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from graphscale import __version__
+from graphscale.errors import GraphscaleError
+
+# name -> module with add_parser(subparsers). Order is the order shown in --help.
+_COMMANDS = {
+    "train": "graphscale.train.cli",
+    "data": "graphscale.data.cli",
+    "bench": "graphscale.bench.cli",
+    "gntk": "graphscale.gntk.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphscale",
+        description=(
+            "Train graph neural networks past the memory and size limits of one device: "
+            "partition / Cluster-GCN training, reversible, weight-tied and equilibrium blocks, "
+            "2-bit activation compression, Graph Neural Tangent Kernels."
+        ),
+        epilog="Run 'graphscale COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"graphscale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _COMMANDS.values():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:  # sub-command not built yet
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except GraphscaleError as exc:
+        print(f"graphscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"graphscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Registries that turn config sections into objects (DESIGN.md rule 9).
+
+A model builder is ``fn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module`` where the module takes
+``(x, edge_index, edge_attr=None)`` and returns ``[N, out]`` logits. Constructors themselves take
+explicit typed arguments; only the builder functions here read config sections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from graphscale.errors import ConfigError
+from graphscale.train.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about the data: input widths and the number of outputs."""
+
+    num_features: int
+    num_outputs: int
+    edge_dim: int | None
+
+
+MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    if cfg.name not in MODELS:
+        raise ConfigError(f"unknown model {cfg.name!r}; expected one of {', '.join(sorted(MODELS))}")
+    return MODELS[cfg.name](cfg, info)
+
+
+@register_model("deepergcn")
+def _deepergcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    from graphscale.nn.models import DeeperGCN
+    return DeeperGCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
+                     edge_dim=info.edge_dim, dropout=cfg.dropout, aggr=cfg.aggr, t=cfg.t,
+                     learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, norm=cfg.norm, block=cfg.block)
+
+
+@register_model("gcn")
+def _gcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    from graphscale.nn.models import GCN
+    return GCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, cfg.dropout)

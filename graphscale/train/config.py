@@ -1,0 +1,286 @@
+"""Typed configuration: one dataclass section per pipeline stage, YAML files, ``key=value`` overrides.
+
+Defaults live here and only here. A YAML file holds some of the sections below, each a mapping
+(``data:``, ``sampler:``, ``model:``, ``memory:``, ``train:``, ``log:``); overrides on the command
+line use dotted keys (``model.num_layers=28``), with values parsed as YAML scalars and checked
+against the field's type. Unknown sections or keys are rejected with a did-you-mean, and a field
+that has ``choices`` rejects any other value. The resolved config (:func:`to_dict`) is written into
+every checkpoint and results file.
+
+Adding an option: add a field to the right section with a default, and a ``choices`` entry in
+``metadata`` when the value must come from a registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import yaml
+
+from graphscale.errors import ConfigError
+
+
+def _choice(default, *choices, doc: str = ""):
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def _doc(default, doc: str):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where, and (for synthetic sets) its shape."""
+
+    name: str = _doc("synthetic-proteins", "ogbn-proteins | ogbn-arxiv | ogbn-products | cora | citeseer "
+                     "| synthetic-proteins | synthetic-arxiv")
+    root: str = _doc("data", "folder holding the data set (downloaded or generated there)")
+    # Synthetic sets only: written once (seeded) in OGB's raw layout, then read back through ogb.
+    num_nodes: int = _doc(20_000, "synthetic: number of nodes")
+    avg_degree: float = _doc(20.0, "synthetic: mean undirected degree")
+    num_communities: int = _doc(50, "synthetic: number of planted communities")
+    num_features: int = _doc(128, "synthetic-arxiv: node feature width")
+    num_classes: int = _doc(40, "synthetic-arxiv: number of classes")
+    seed: int = _doc(0, "synthetic: generator seed")
+    # ogbn-proteins (and its synthetic twin): node features are aggregated edge features.
+    node_feat_aggr: str = _choice("sum", "sum", "mean", doc="proteins: how edge features become node features")
+
+
+@dataclass
+class SamplerConfig:
+    """How the graph is cut into training steps and how evaluation sees it."""
+
+    name: str = _choice("random", "random", "full", doc="random: a fresh random node partition per epoch, "
+                        "one part per step; full: the whole graph per step")
+    num_parts: int = _doc(10, "random: parts per epoch (steps per epoch)")
+    eval_name: str = _choice("full", "full", "random", doc="evaluation on the full graph, or on a random "
+                             "partition into eval_parts parts")
+    eval_parts: int = _doc(5, "evaluation parts when eval_name=random")
+
+
+@dataclass
+class ModelConfig:
+    """The network. ``name`` picks from the model registry in :mod:`graphscale.train.build`."""
+
+    name: str = _choice("deepergcn", "deepergcn", "gcn", doc="model from the registry")
+    hidden_channels: int = _doc(64, "width of every hidden layer")
+    num_layers: int = _doc(7, "number of graph convolutions")
+    dropout: float = _doc(0.1, "dropout probability")
+    aggr: str = _choice("softmax", "softmax", "mean", "max", "add", "sum", doc="GENConv aggregation")
+    t: float = _doc(1.0, "softmax aggregation temperature (initial value)")
+    learn_t: bool = _doc(True, "learn the softmax temperature")
+    norm: str = _choice("layer", "layer", "batch", doc="normalisation inside blocks")
+    block: str = _choice("res+", "res+", "res", "plain", doc="DeeperGCN block type")
+    mlp_layers: int = _doc(2, "GENConv MLP depth")
+
+
+@dataclass
+class MemoryConfig:
+    """Memory techniques applied on top of the model (see graphscale.memory)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, seeds, devices, evaluation and checkpoint cadence."""
+
+    epochs: int = _doc(100, "training epochs")
+    lr: float = _doc(0.01, "Adam learning rate")
+    weight_decay: float = _doc(0.0, "Adam weight decay")
+    grad_clip: float = _doc(0.0, "clip the gradient norm at this value (0 = off)")
+    seed: int = _doc(0, "seed for partitions, dropout and initialisation")
+    device: str = _doc("auto", "auto | cpu | cuda | cuda:N")
+    eval_every: int = _doc(1, "evaluate every N epochs (and at the last)")
+    checkpoint_every: int = _doc(1, "write a checkpoint every N epochs (and at the last)")
+    patience: int = _doc(0, "stop after N evaluations without a better validation score (0 = off)")
+
+
+@dataclass
+class LogConfig:
+    """Where results go and how progress shows."""
+
+    out: str = _doc("runs/default", "output folder: checkpoint.pt, results.json, log.jsonl, config.yaml")
+    progress: bool = _doc(True, "progress bars (tqdm)")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# --------------------------------------------------------------------------------------------
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, tp, f: dataclasses.Field | None) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (int -> float, ...)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, value, arg, f)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: got {value!r}")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
+        return [_coerce(f"{path}[{i}]", v, item_tp, None) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r} ({type(value).__name__})")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r} ({type(value).__name__})")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r} ({type(value).__name__})")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r} ({type(value).__name__})")
+        choices = (f.metadata.get("choices") if f is not None else None) or ()
+        if choices and value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}"
+                              f"{_did_you_mean(value, choices)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping (section), got {value!r}")
+        return _build(tp, value, path)
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+
+
+def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _build(cls, mapping: dict, prefix: str = ""):
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in (mapping or {}).items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            where = f"section '{prefix}'" if prefix else "the config"
+            raise ConfigError(f"unknown key '{path}' in {where}{_did_you_mean(str(key), fields)}; "
+                              f"valid keys: {', '.join(fields)}")
+        f, tp = fields[key]
+        kwargs[key] = _coerce(path, value, tp, f)
+    obj = cls(**kwargs)
+    return obj
+
+
+def from_dict(mapping: dict | None) -> Config:
+    """Build a :class:`Config` from a nested mapping (as read from YAML)."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(mapping).__name__}")
+    return _build(Config, mapping)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_path(mapping: dict, dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"override key {dotted!r} is not of the form section.key")
+    node = mapping
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: '{p}' is a value, not a section")
+        node = child
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {dotted}={raw!r}: not a valid value ({exc})") from None
+    node[parts[-1]] = value
+
+
+def apply_overrides(mapping: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a nested mapping (values parsed as YAML scalars)."""
+    out = _deepcopy(mapping)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. model.num_layers=28)")
+        key, raw = item.split("=", 1)
+        _set_path(out, key.strip(), raw.strip())
+    return out
+
+
+def _deepcopy(m):
+    if isinstance(m, dict):
+        return {k: _deepcopy(v) for k, v in m.items()}
+    if isinstance(m, list):
+        return [_deepcopy(v) for v in m]
+    return m
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    mapping: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        with open(path) as fh:
+            try:
+                mapping = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if overrides:
+        mapping = apply_overrides(mapping, overrides)
+    try:
+        return from_dict(mapping)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def describe() -> str:
+    """Every section and key with type, default and help: printed by ``graphscale train --list-keys``."""
+    lines = []
+    for sec_name, (_, sec_tp) in _fields(Config).items():
+        lines.append(f"{sec_name}:")
+        for name, (f, tp) in _fields(sec_tp).items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = f.metadata.get("doc", "")
+            choices = f.metadata.get("choices")
+            extra = f" [{' | '.join(choices)}]" if choices else ""
+            lines.append(f"  {name}: {default!r}  ({_type_name(tp)}){extra}  {doc}")
+    return "\n".join(lines)
