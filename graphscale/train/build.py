@@ -12,7 +12,7 @@ from typing import Callable
 from torch import nn
 
 from graphscale.errors import ConfigError
-from graphscale.train.config import ModelConfig
+from graphscale.train.config import ModelConfig, SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,34 @@ def _deepergcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
 def _gcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import GCN
     return GCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, cfg.dropout)
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers: fn(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir) -> sampler with
+# len(sampler) steps per epoch and sampler.epoch(epoch) -> Iterator[Subgraph].
+SAMPLERS: dict[str, Callable] = {}
+
+
+def register_sampler(name: str):
+    def deco(fn):
+        SAMPLERS[name] = fn
+        return fn
+    return deco
+
+
+def build_sampler(cfg: SamplerConfig, edge_index, num_nodes: int, seed: int, cache_dir: str | None = None):
+    if cfg.name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {cfg.name!r}; expected one of {', '.join(sorted(SAMPLERS))}")
+    return SAMPLERS[cfg.name](cfg, edge_index, num_nodes, seed, cache_dir)
+
+
+@register_sampler("full")
+def _full(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir):
+    from graphscale.sampling.samplers import FullGraphSampler
+    return FullGraphSampler(edge_index, num_nodes)
+
+
+@register_sampler("random")
+def _random(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir):
+    from graphscale.sampling.samplers import PartitionSampler
+    return PartitionSampler(edge_index, num_nodes, cfg.num_parts, seed, partitioner="random")
