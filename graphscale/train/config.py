@@ -58,9 +58,10 @@ class SamplerConfig:
     name: str = _choice("random", "random", "full", doc="random: a fresh random node partition per epoch, "
                         "one part per step; full: the whole graph per step")
     num_parts: int = _doc(10, "random: parts per epoch (steps per epoch)")
-    eval_name: str = _choice("full", "full", "random", doc="evaluation on the full graph, or on a random "
-                             "partition into eval_parts parts")
-    eval_parts: int = _doc(5, "evaluation parts when eval_name=random")
+    eval_name: str = _choice("full", "full", "random", doc="evaluation on the full graph, or on a partition "
+                             "(this partitioner) into eval_parts parts")
+    eval_parts: int = _doc(5, "evaluation parts when eval_name is a partitioner")
+    eval_views: int = _doc(1, "independent partitions whose predictions are averaged (RevGNN multi-view)")
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""Atomic files: a crash or kill mid-write never corrupts the last good checkpoint or results."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_torch(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def save_json(obj, path: str) -> None:
+    _atomic(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+
+
+def save_text(text: str, path: str) -> None:
+    _atomic(path, lambda fh: fh.write(text.encode()))
+
+
+def load_torch(path: str):
+    # Checkpoints hold tensors, dicts, numbers and strings only: weights_only loading is safe.
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,304 @@
+"""Config-driven node-classification trainer.
+
+One epoch = the sampler's steps (a random node partition, one part per step, as DeeperGCN and
+RevGNN train on ogbn-proteins; or the full graph); the loss is taken on the training nodes inside
+each step's subgraph. Evaluation runs on the full graph or on partitions averaged over views
+(RevGNN's multi-view inference) and scores with the data set's OGB Evaluator. The model with the
+best validation score is kept (``best_model.pt``) and its test score reported.
+
+Reproducibility and resume: all randomness of epoch ``e`` (partitions, dropout) is seeded from
+``(train.seed, e)``, and a checkpoint holds model, optimiser, history and best-so-far, written
+atomically after every ``checkpoint_every`` epochs. ``resume=True`` continues from it, so a killed
+run ends with the same results as an uninterrupted one (on CPU; CUDA scatter kernels are not
+bit-deterministic).
+
+Files in ``log.out``: ``config.yaml`` (resolved), ``checkpoint.pt``, ``best_model.pt``,
+``log.jsonl`` (one row per epoch), ``results.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from graphscale.data import SyntheticSpec, load_dataset
+from graphscale.data.datasets import NodeDataset
+from graphscale.errors import ConfigError, TrainingError
+from graphscale.sampling.partition import check_num_parts, partition
+from graphscale.sampling.samplers import epoch_seed
+from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
+from graphscale.train.build import DatasetInfo, build_model, build_sampler
+from graphscale.train.checkpoint import load_torch, save_json, save_text, save_torch
+from graphscale.train.config import Config, to_dict
+from graphscale.train.metrics import Metric, loss_fn
+
+CHECKPOINT, BEST, RESULTS, LOG, CONFIG = "checkpoint.pt", "best_model.pt", "results.json", "log.jsonl", "config.yaml"
+
+
+def check_config(cfg: Config) -> None:
+    """Cheap range checks, before any data is loaded."""
+    t, s, m = cfg.train, cfg.sampler, cfg.model
+    checks = [
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}"),
+        (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
+        (t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"),
+        (t.patience >= 0, f"train.patience must be >= 0, got {t.patience}"),
+        (s.num_parts >= 1, f"sampler.num_parts must be >= 1, got {s.num_parts}"),
+        (s.eval_parts >= 1, f"sampler.eval_parts must be >= 1, got {s.eval_parts}"),
+        (s.eval_views >= 1, f"sampler.eval_views must be >= 1, got {s.eval_views}"),
+        (m.num_layers >= 1, f"model.num_layers must be >= 1, got {m.num_layers}"),
+        (m.hidden_channels >= 1, f"model.hidden_channels must be >= 1, got {m.hidden_channels}"),
+        (0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    resolve_device(t.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def load_data(cfg: Config) -> NodeDataset:
+    d = cfg.data
+    spec = SyntheticSpec(num_nodes=d.num_nodes, avg_degree=d.avg_degree, num_communities=d.num_communities,
+                         num_features=d.num_features, num_classes=d.num_classes, seed=d.seed)
+    return load_dataset(d.name, d.root, synthetic=spec, node_feat_aggr=d.node_feat_aggr)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, path + ".")
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``cfg.data`` as configured; :meth:`run` returns the results dict.
+
+    Args:
+        cfg: the resolved :class:`~graphscale.train.config.Config`.
+        resume: continue from ``<log.out>/checkpoint.pt``. Without it, an output folder that already
+            holds a checkpoint is an error (nothing is overwritten silently).
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False):
+        check_config(cfg)
+        self.cfg, self.resume = cfg, resume
+        self.out = cfg.log.out
+        self.device = resolve_device(cfg.train.device)
+        ckpt = os.path.join(self.out, CHECKPOINT)
+        if resume and not os.path.isfile(ckpt):
+            raise ConfigError(f"--resume: no checkpoint at {ckpt!r}")
+        if not resume and os.path.isfile(ckpt):
+            raise ConfigError(f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
+                              f"or choose another output folder (--out / log.out=...)")
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.data = data = load_data(cfg)
+        if cfg.sampler.name != "full":
+            check_num_parts(cfg.sampler.num_parts, data.num_nodes)
+        if cfg.sampler.eval_name != "full":
+            check_num_parts(cfg.sampler.eval_parts, data.num_nodes)
+        dev = self.device
+        self.x, self.y = data.x.to(dev), data.y.to(dev)
+        self.edge_index = data.edge_index
+        self.edge_attr = data.edge_attr.to(dev) if data.edge_attr is not None else None
+        self.train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+        self.train_mask[data.split["train"]] = True
+
+        torch.manual_seed(cfg.train.seed)  # model initialisation
+        info = DatasetInfo(data.x.size(1), data.num_outputs,
+                           data.edge_attr.size(1) if data.edge_attr is not None else None)
+        self.model = build_model(cfg.model, info).to(dev)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+                                          weight_decay=cfg.train.weight_decay)
+        cache = os.path.join(cfg.data.root, "partitions")
+        self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache)
+        self.metric = Metric(data.metric, data.task, data.evaluator)
+        self.loss = loss_fn(data.task)
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, sub: Subgraph) -> torch.Tensor:
+        dev = self.device
+        x = self.x[sub.node_ids.to(dev)]
+        ei = sub.edge_index.to(dev)
+        ea = self.edge_attr[sub.edge_ids.to(dev)] if self.edge_attr is not None else None
+        weight = getattr(sub, "edge_weight", None)
+        if weight is not None:
+            return self.model(x, ei, ea, edge_weight=weight.to(dev))
+        return self.model(x, ei, ea)
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        steps = self.sampler.epoch(epoch)
+        bar = tqdm(steps, total=len(self.sampler), desc=f"epoch {epoch}", leave=False,
+                   disable=not self.cfg.log.progress or len(self.sampler) == 1)
+        for step, sub in enumerate(bar):
+            mask = self.train_mask[sub.node_ids]
+            if not mask.any():
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self._forward(sub)
+            mask = mask.to(self.device)
+            loss = self.loss(out[mask], self.y[sub.node_ids.to(self.device)][mask])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training diverged "
+                                    f"(try a lower train.lr={self.cfg.train.lr}, or train.grad_clip)")
+            loss.backward()
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            n = int(mask.sum())
+            total, count = total + loss.detach().item() * n, count + n
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def predict(self, epoch: int) -> torch.Tensor:
+        """Logits for every node: full graph, or the mean over ``eval_views`` partitions."""
+        self.model.eval()
+        s, n = self.cfg.sampler, self.data.num_nodes
+        if s.eval_name == "full":
+            return self._forward(full_graph(self.edge_index, n))
+        out = None
+        for view in range(s.eval_views):
+            part = partition(s.eval_name, self.edge_index, n, s.eval_parts,
+                             seed=epoch_seed(self.cfg.train.seed + 7_777 + view, epoch))
+            for sub in part_subgraphs(self.edge_index, part, s.eval_parts):
+                logits = self._forward(sub)
+                if out is None:
+                    out = torch.zeros(n, logits.size(1), device=logits.device, dtype=logits.dtype)
+                out[sub.node_ids.to(out.device)] += logits
+        return out / s.eval_views
+
+    def evaluate(self, epoch: int) -> dict:
+        logits = self.predict(epoch)
+        scores = {}
+        for key in ("train", "valid", "test"):
+            idx = self.data.split[key].to(logits.device)
+            scores[key] = self.metric(self.y[idx], logits[idx]) if idx.numel() else float("nan")
+        return scores
+
+    # ------------------------------------------------------------------ files
+    def _state(self, epoch: int, history: list, best: dict, elapsed: float, bad_evals: int) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "history": history, "best": best, "elapsed": elapsed, "bad_evals": bad_evals,
+                "config": to_dict(self.cfg)}
+
+    def _write_log(self, history: list) -> None:
+        save_text("".join(json.dumps(row) + "\n" for row in history), os.path.join(self.out, LOG))
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        os.makedirs(self.out, exist_ok=True)
+        resolved = to_dict(cfg)
+        start_epoch, history, elapsed, bad_evals = 1, [], 0.0, 0
+        best = {"valid": -math.inf, "test": float("nan"), "train": float("nan"), "epoch": 0}
+        ckpt = None
+        if self.resume:
+            ckpt = load_torch(os.path.join(self.out, CHECKPOINT))
+            diff = _config_diff({k: v for k, v in ckpt["config"].items() if k != "log"},
+                                {k: v for k, v in resolved.items() if k != "log"})
+            diff = [d for d in diff if not d.startswith("train.epochs:")]  # extending a run is fine
+            if diff:
+                raise ConfigError("--resume with a different config than the checkpoint's: " + "; ".join(diff))
+        save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
+
+        self._setup()
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+            elapsed, bad_evals = ckpt["elapsed"], ckpt["bad_evals"]
+            self._write_log(history)  # drop rows of epochs the killed run did not checkpoint
+
+        t, metric = cfg.train, self.data.metric
+        bar = tqdm(range(start_epoch, t.epochs + 1), initial=start_epoch - 1, total=t.epochs, desc="train",
+                   disable=not cfg.log.progress)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(t.seed, epoch))  # dropout of this epoch, resume-safe
+            loss = self._train_epoch(epoch)
+            row = {"epoch": epoch, "loss": loss}
+            if epoch % t.eval_every == 0 or epoch == t.epochs:
+                scores = self.evaluate(epoch)
+                row.update({f"{k}_{metric}": v for k, v in scores.items()})
+                if scores["valid"] > best["valid"]:
+                    best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
+                            "epoch": epoch}
+                    save_torch(self.model.state_dict(), os.path.join(self.out, BEST))
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                bar.set_postfix(loss=f"{loss:.4f}", valid=f"{scores['valid']:.4f}", best=f"{best['valid']:.4f}")
+            elapsed += time.perf_counter() - t0
+            row["seconds"] = elapsed
+            history.append(row)
+            with open(os.path.join(self.out, LOG), "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            stop = t.patience > 0 and bad_evals >= t.patience
+            if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
+                save_torch(self._state(epoch, history, best, elapsed, bad_evals), os.path.join(self.out, CHECKPOINT))
+            if stop:
+                break
+        bar.close()
+
+        results = {
+            "dataset": self.data.name,
+            "metric": metric,
+            "best_valid": best["valid"],
+            "test_at_best_valid": best["test"],
+            "train_at_best_valid": best["train"],
+            "best_epoch": best["epoch"],
+            "epochs": history[-1]["epoch"] if history else 0,
+            "seconds": elapsed,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "device": str(self.device),
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "config": resolved,
+        }
+        save_json(results, os.path.join(self.out, RESULTS))
+        return results
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """Train from a resolved config; see :class:`Trainer`."""
+    return Trainer(cfg, resume=resume).run()
