@@ -33,7 +33,7 @@ from graphscale.errors import ConfigError, TrainingError
 from graphscale.sampling.partition import check_num_parts, partition
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
-from graphscale.train.build import DatasetInfo, build_model, build_sampler
+from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler
 from graphscale.train.checkpoint import load_torch, save_json, save_text, save_torch
 from graphscale.train.config import Config, to_dict
 from graphscale.train.metrics import Metric, loss_fn
@@ -145,7 +145,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # model initialisation
         info = DatasetInfo(data.x.size(1), data.num_outputs,
                            data.edge_attr.size(1) if data.edge_attr is not None else None)
-        self.model = build_model(cfg.model, info).to(dev)
+        self.model = apply_memory(build_model(cfg.model, info), cfg.memory).to(dev)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(cfg.data.root, "partitions")
