@@ -1,0 +1,271 @@
+"""Memory accounting: what a training step really keeps alive, counted exactly.
+
+Three complementary measurements (DESIGN.md, "Measuring memory honestly"):
+
+* :class:`SavedBytes` / :func:`count_saved_bytes` -- the bytes autograd saves for backward, seen
+  through :func:`torch.autograd.graph.saved_tensors_hooks` and de-duplicated by storage (a tensor
+  saved by five ops, or a view of it, counts once). Custom :class:`torch.autograd.Function`\\ s that
+  keep tensors on ``ctx`` directly (not through ``save_for_backward``) are invisible to those hooks;
+  they call :func:`report_ctx` so the count stays complete. This count is exact and device-agnostic.
+* :func:`profiled_forward_bytes` -- a cross-check that sees everything the allocator still holds
+  after a forward (``ctx`` stashes included): ``torch.profiler`` with ``profile_memory=True``,
+  summing ``self_cpu_memory_usage`` (and the device counterpart) over the events.
+* :func:`peak_rss_subprocess` -- the peak resident set size of a fresh Python process running one
+  configuration (the CPU analogue of ``torch.cuda.max_memory_allocated``).
+
+:func:`state_bytes` adds parameters, gradients and optimizer state for the total.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SavedBytes", "count_saved_bytes", "report_ctx", "profiled_forward_bytes",
+           "peak_rss_subprocess", "state_bytes", "tensor_bytes"]
+
+_active = threading.local()
+
+
+def _counters() -> list["SavedBytes"]:
+    if not hasattr(_active, "stack"):
+        _active.stack = []
+    return _active.stack
+
+
+def _storages(t: Tensor) -> Iterator[tuple[tuple, int]]:
+    """``(key, nbytes)`` of every storage behind ``t``; the key identifies the storage."""
+    if t.is_sparse:
+        yield from _storages(t._indices())
+        yield from _storages(t._values())
+        return
+    if t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        compressed = t.crow_indices() if t.layout in (torch.sparse_csr, torch.sparse_bsr) else t.ccol_indices()
+        plain = t.col_indices() if t.layout in (torch.sparse_csr, torch.sparse_bsr) else t.row_indices()
+        for part in (compressed, plain, t.values()):
+            yield from _storages(part)
+        return
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # e.g. tensor subclasses without storage
+        yield (("id", id(t)), t.numel() * t.element_size())
+        return
+    ptr = st.data_ptr()
+    if ptr == 0 or st.nbytes() == 0:  # freed (resize_(0)) or empty: holds nothing
+        return
+    yield ((str(t.device), ptr), st.nbytes())
+
+
+def tensor_bytes(*tensors: Tensor) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and repeats counted once)."""
+    seen: dict[tuple, int] = {}
+    for t in tensors:
+        if isinstance(t, Tensor):
+            for key, nbytes in _storages(t):
+                seen[key] = nbytes
+    return sum(seen.values())
+
+
+@dataclass
+class SavedBytes:
+    """Result of :func:`count_saved_bytes`.
+
+    Attributes:
+        saved: bytes of distinct storages autograd saved for backward (hooks).
+        ctx: bytes of distinct storages custom Functions reported with :func:`report_ctx`
+            (storages already counted in ``saved`` are not counted again).
+        num_saved: number of pack events (a tensor saved twice counts twice here only).
+    """
+
+    saved: int = 0
+    ctx: int = 0
+    num_saved: int = 0
+    _seen: dict = field(default_factory=dict, repr=False)
+    _exclude: set = field(default_factory=set, repr=False)
+
+    @property
+    def total(self) -> int:
+        """All activation bytes held for backward: ``saved + ctx``."""
+        return self.saved + self.ctx
+
+    def _add(self, t: Tensor, kind: str) -> None:
+        for key, nbytes in _storages(t):
+            if key in self._exclude or key in self._seen:
+                continue
+            self._seen[key] = nbytes
+            if kind == "saved":
+                self.saved += nbytes
+            else:
+                self.ctx += nbytes
+
+
+@contextlib.contextmanager
+def count_saved_bytes(exclude: nn.Module | Iterable[Tensor] | None = None) -> Iterator[SavedBytes]:
+    """Count the activation bytes saved for backward by the code run inside the block.
+
+    Example::
+
+        with count_saved_bytes(exclude=model) as c:
+            loss = model(x, edge_index).sum()
+        print(c.total)   # exact bytes autograd (and reporting custom Functions) hold for backward
+
+    Args:
+        exclude: a module (its parameters and buffers) or tensors whose storages are not activations
+            (weights saved by ``linear`` for the input gradient are parameters, counted elsewhere).
+
+    Counting happens when a tensor is saved; a storage later freed in place (``resize_(0)``, as
+    reversible blocks do with their inputs) stays counted, so free before saving or report via
+    :func:`report_ctx` what is really kept.
+    """
+    counter = SavedBytes()
+    if exclude is not None:
+        tensors = list(exclude.parameters()) + list(exclude.buffers()) if isinstance(exclude, nn.Module) \
+            else list(exclude)
+        for t in tensors:
+            counter._exclude.update(key for key, _ in _storages(t))
+
+    def pack(t: Tensor):
+        counter.num_saved += 1
+        counter._add(t, "saved")
+        return t
+
+    stack = _counters()
+    stack.append(counter)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield counter
+    finally:
+        stack.remove(counter)
+
+
+def report_ctx(*tensors: Tensor) -> None:
+    """Protocol for custom autograd Functions: report tensors kept on ``ctx`` for backward.
+
+    Call it from ``forward`` with every tensor stored as a ``ctx`` attribute (not through
+    ``save_for_backward``, which the hooks already see). Outside :func:`count_saved_bytes` it does
+    nothing and costs one attribute lookup.
+    """
+    stack = getattr(_active, "stack", None)
+    if not stack:
+        return
+    for counter in stack:
+        for t in tensors:
+            if isinstance(t, Tensor):
+                counter._add(t, "ctx")
+
+
+def profiled_forward_bytes(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """Net bytes the allocator still holds after ``fn()`` (the profiler cross-check).
+
+    Runs ``fn`` under ``torch.profiler.profile(activities=[CPU(, CUDA)], profile_memory=True)`` and
+    sums ``self_cpu_memory_usage`` (+ ``self_device_memory_usage`` on CUDA) over all events:
+    allocations minus frees inside the window, i.e. everything the result and the autograd graph
+    keep alive (tensors stashed on ``ctx`` included), inputs excluded. Returns ``(bytes, fn())``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(ProfilerActivity.CUDA)
+    with profile(activities=acts, profile_memory=True) as prof:
+        out = fn()
+    total = 0
+    for ev in prof.events():
+        total += int(getattr(ev, "self_cpu_memory_usage", 0) or 0)
+        total += int(getattr(ev, "self_device_memory_usage", 0) or 0)
+    return total, out
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes of parameters, their gradients and optimizer state (distinct storages).
+
+    Returns ``{"params": ..., "grads": ..., "optimizer": ..., "total": ...}``. Weight-tied models
+    reuse one storage across layers and count it once.
+    """
+    params = list(model.parameters())
+    out = {
+        "params": tensor_bytes(*params),
+        "grads": tensor_bytes(*[p.grad for p in params if p.grad is not None]),
+        "optimizer": 0,
+    }
+    if optimizer is not None:
+        tensors = [v for st in optimizer.state.values() for v in st.values() if isinstance(v, Tensor)]
+        out["optimizer"] = tensor_bytes(*tensors)
+    out["total"] = out["params"] + out["grads"] + out["optimizer"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Peak RSS of a fresh process.
+_CHILD = r"""
+import json, resource, sys, importlib
+import torch  # imported (and its import-time high-water mark reset below) before measuring
+
+
+def status(key):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+
+spec = json.loads(sys.argv[1])
+mod_name, _, attr = spec["target"].partition(":")
+fn = importlib.import_module(mod_name)
+for part in attr.split("."):
+    fn = getattr(fn, part)
+base = status("VmRSS")
+try:  # Linux >= 4.0: "5" resets the peak-RSS counter (VmHWM) so imports do not mask the call's peak
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    reset = True
+except OSError:
+    reset = False
+result = fn(**spec["kwargs"])
+peak = status("VmHWM") if reset else None
+if peak is None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("__GRAPHSCALE_RSS__" + json.dumps({"peak_rss": peak, "base_rss": base, "result": result,
+                                         "peak_reset": reset}))
+"""
+
+
+def peak_rss_subprocess(target: str, kwargs: dict | None = None, timeout: float | None = None,
+                        env: dict | None = None) -> dict:
+    """Run ``module:function(**kwargs)`` in a fresh Python process and report its peak RSS.
+
+    Args:
+        target: ``"package.module:function"``; the function must be importable and return a
+            JSON-serialisable value (or None).
+        kwargs: JSON-serialisable keyword arguments.
+        timeout: seconds before the child is killed (``subprocess.TimeoutExpired``).
+        env: extra environment variables for the child.
+
+    Returns ``{"peak_rss": bytes, "base_rss": bytes, "result": ..., "peak_reset": bool}``.
+    ``base_rss`` is the resident size after importing torch and the target, just before the call;
+    on Linux the peak counter (``VmHWM``) is reset there, so ``peak_rss`` is the high-water mark
+    during the call itself and ``peak_rss - base_rss`` its own growth. Where the reset is not
+    available (``peak_reset`` False) ``peak_rss`` is ``ru_maxrss`` over the whole process.
+    """
+    if ":" not in target:
+        raise ValueError(f"target {target!r} must look like 'package.module:function'")
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps({"target": target, "kwargs": kwargs or {}})],
+                          capture_output=True, text=True, timeout=timeout, env=child_env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("__GRAPHSCALE_RSS__"):
+            return json.loads(line[len("__GRAPHSCALE_RSS__"):])
+    raise RuntimeError(f"peak_rss_subprocess({target!r}) failed with exit code {proc.returncode}:\n"
+                       f"{proc.stderr[-4000:]}")
