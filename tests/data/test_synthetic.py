@@ -1,0 +1,106 @@
+import gzip
+import hashlib
+import os
+
+import pytest
+import torch
+
+from graphscale.data import SyntheticSpec, load_dataset, write_synthetic
+from graphscale.data.datasets import NodeDataset
+from graphscale.errors import DataError
+
+RAW_FILES = ["edge.csv.gz", "edge-feat.csv.gz", "node-label.csv.gz", "num-node-list.csv.gz",
+             "num-edge-list.csv.gz", "node_species.csv.gz"]
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(folder)):
+        for f in sorted(files):
+            if f.endswith(".csv.gz"):
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    h.update(f.encode() + fh.read())
+    return h.hexdigest()
+
+
+def test_proteins_layout_and_roundtrip_through_ogb(tmp_path):
+    spec = SyntheticSpec(kind="proteins", num_nodes=400, avg_degree=8, num_communities=16, seed=3)
+    path = write_synthetic(spec, str(tmp_path))
+    for f in RAW_FILES:
+        assert os.path.isfile(os.path.join(path, "raw", f)), f
+    for f in ("train", "valid", "test"):
+        assert os.path.isfile(os.path.join(path, "split", "species", f + ".csv.gz"))
+    assert os.path.isfile(os.path.join(path, "RELEASE_v1.txt"))
+    with gzip.open(os.path.join(path, "raw", "num-edge-list.csv.gz"), "rt") as fh:
+        written_edges = int(fh.read().strip())
+
+    d = load_dataset("synthetic-proteins", str(tmp_path), synthetic=spec)
+    assert d.x.shape == (400, 8) and d.y.shape == (400, 112)
+    # ogb adds the inverse of every written (undirected) edge, as for the real ogbn-proteins
+    assert d.edge_index.shape == (2, 2 * written_edges)
+    assert d.edge_attr.shape == (2 * written_edges, 8)
+    assert set(d.y.unique().tolist()) <= {0.0, 1.0}
+    assert d.task == "multilabel" and d.metric == "rocauc" and d.evaluator == "ogbn-proteins"
+    split = torch.cat([d.split[k] for k in ("train", "valid", "test")])
+    assert torch.equal(split.sort().values, torch.arange(400))
+    # node features are the summed features of the incoming edges
+    x = torch.zeros(400, 8).index_add_(0, d.edge_index[1], d.edge_attr)
+    assert torch.allclose(d.x, x)
+
+
+def test_arxiv_variant_roundtrip(tmp_path):
+    spec = SyntheticSpec(kind="arxiv", num_nodes=300, avg_degree=6, num_communities=12, num_features=16,
+                         num_classes=5, seed=1)
+    d = load_dataset("synthetic-arxiv", str(tmp_path), synthetic=spec)
+    assert d.x.shape == (300, 16) and d.y.shape == (300,) and d.y.dtype == torch.long
+    assert d.num_outputs == 5 and d.metric == "acc"
+    # symmetrised like the reference recipes do for ogbn-arxiv
+    fwd = set(map(tuple, d.edge_index.t().tolist()))
+    assert all((b, a) in fwd for a, b in fwd)
+    assert os.path.isfile(os.path.join(tmp_path, spec.dir_name, "split", "time", "valid.csv.gz"))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = write_synthetic(SyntheticSpec(num_nodes=200, num_communities=8, seed=5), str(tmp_path / "a"))
+    b = write_synthetic(SyntheticSpec(num_nodes=200, num_communities=8, seed=5), str(tmp_path / "b"))
+    c = write_synthetic(SyntheticSpec(num_nodes=200, num_communities=8, seed=6), str(tmp_path / "c"))
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_bad_specs_and_names(tmp_path):
+    with pytest.raises(DataError, match="num_nodes"):
+        write_synthetic(SyntheticSpec(num_nodes=3), str(tmp_path))
+    with pytest.raises(DataError, match="num_communities"):
+        write_synthetic(SyntheticSpec(num_nodes=100, num_communities=500), str(tmp_path))
+    with pytest.raises(DataError, match="did you mean 'ogbn-proteins'"):
+        load_dataset("ogbn-protein", str(tmp_path))
+
+
+def test_incomplete_folder_is_refused_before_ogb_prompts(tmp_path):
+    os.makedirs(tmp_path / "ogbn_proteins" / "raw")
+    with pytest.raises(DataError, match="incomplete"):
+        load_dataset("ogbn-proteins", str(tmp_path))
+
+
+def _tiny(**kw):
+    base = dict(name="t", x=torch.zeros(4, 2), edge_index=torch.tensor([[0, 1], [1, 2]]), edge_attr=None,
+                y=torch.zeros(4, dtype=torch.long), split={"train": torch.tensor([0]), "valid": torch.tensor([1]),
+                                                          "test": torch.tensor([2])},
+                task="multiclass", num_outputs=2, metric="acc")
+    base.update(kw)
+    return NodeDataset(**base)
+
+
+def test_validate_rejects_bad_graphs():
+    _tiny().validate()
+    with pytest.raises(DataError, match=r"node ids in \[0, 7\], expected \[0, 3\]"):
+        _tiny(edge_index=torch.tensor([[0, 7], [1, 2]])).validate()
+    with pytest.raises(DataError, match=r"\[-1, 2\]"):
+        _tiny(edge_index=torch.tensor([[0, -1], [1, 2]])).validate()
+    x = torch.zeros(4, 2)
+    x[2, 1] = float("nan")
+    with pytest.raises(DataError, match="NaN/inf in 1 rows"):
+        _tiny(x=x).validate()
+    with pytest.raises(DataError, match="training split is empty"):
+        _tiny(split={"train": torch.tensor([], dtype=torch.long), "valid": torch.tensor([1]),
+                     "test": torch.tensor([2])}).validate()
