@@ -7,8 +7,8 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model from a YAML config",
-        description="Train a GNN from a YAML config. Overrides are section.key=value pairs, e.g. "
-                    "model.num_layers=28 train.lr=0.001. Writes config.yaml, checkpoint.pt, best_model.pt, "
+        description="Train a GNN from a YAML config. Overrides are section.key=value pairs, e.g.\n"
+                    "model.num_layers=28 train.lr=0.001. Writes config.yaml, checkpoint.pt, best_model.pt,\n"
                     "log.jsonl and results.json into the output folder.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"

@@ -85,7 +85,7 @@ def load_data(cfg: Config) -> NodeDataset:
     d = cfg.data
     spec = SyntheticSpec(num_nodes=d.num_nodes, avg_degree=d.avg_degree, num_communities=d.num_communities,
                          num_features=d.num_features, num_classes=d.num_classes, seed=d.seed)
-    return load_dataset(d.name, d.root, synthetic=spec, node_feat_aggr=d.node_feat_aggr)
+    return load_dataset(d.name, os.path.expanduser(d.root), synthetic=spec, node_feat_aggr=d.node_feat_aggr)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -148,7 +148,7 @@ class Trainer:
         self.model = apply_memory(build_model(cfg.model, info), cfg.memory).to(dev)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
-        cache = os.path.join(cfg.data.root, "partitions")
+        cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
         self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache)
         self.metric = Metric(data.metric, data.task, data.evaluator)
         self.loss = loss_fn(data.task)
