@@ -21,15 +21,39 @@ class Subgraph:
         node_ids: ``LongTensor[n_sub]``, global ids of the subgraph's nodes (local id = position).
         edge_index: ``LongTensor[2, e_sub]``, local ids.
         edge_ids: ``LongTensor[e_sub]``, global ids of the kept edges (index into ``edge_attr``).
+        edge_weight: optional ``FloatTensor[e_sub + n_sub]``: precomputed propagation weights
+            (Cluster-GCN's diagonal-enhanced normalisation, :mod:`graphscale.sampling.cluster`):
+            the weight of every edge of ``edge_index``, followed by the weight of every node's
+            self-loop (the diagonal). ``None``: the model normalises the adjacency itself.
+            :meth:`propagation` gives the PyG form (edge_index with self-loops, weights).
     """
 
     node_ids: Tensor
     edge_index: Tensor
     edge_ids: Tensor
+    edge_weight: Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
         return self.node_ids.numel()
+
+    def propagation(self) -> tuple[Tensor, Tensor | None]:
+        """``(edge_index [2, e_sub + n_sub] with self-loops appended, edge_weight)`` when
+        ``edge_weight`` is set (ready for a PyG conv with ``normalize=False``), else
+        ``(edge_index, None)``."""
+        if self.edge_weight is None:
+            return self.edge_index, None
+        return with_self_loops(self.edge_index, self.edge_weight, self.num_nodes), self.edge_weight
+
+
+def with_self_loops(edge_index: Tensor, edge_weight: Tensor, num_nodes: int) -> Tensor:
+    """Append the ``num_nodes`` self-loops that the trailing entries of a
+    :attr:`Subgraph.edge_weight` (length ``E + N``) belong to; checks the length."""
+    if edge_weight.numel() != edge_index.size(1) + num_nodes:
+        raise ValueError(f"edge_weight has {edge_weight.numel()} entries, expected edges + nodes = "
+                         f"{edge_index.size(1)} + {num_nodes}")
+    loops = torch.arange(num_nodes, device=edge_index.device).expand(2, -1)
+    return torch.cat([edge_index, loops], dim=1)
 
 
 def part_subgraphs(edge_index: Tensor, part: Tensor, num_parts: int) -> Iterator[Subgraph]:

@@ -67,22 +67,36 @@ def register_sampler(name: str):
     return deco
 
 
-def build_sampler(cfg: SamplerConfig, edge_index, num_nodes: int, seed: int, cache_dir: str | None = None):
+def build_sampler(cfg: SamplerConfig, edge_index, num_nodes: int, seed: int, cache_dir: str | None = None,
+                  train_mask=None):
+    """``train_mask`` (``BoolTensor[N]``, optional) reaches builders that balance training nodes
+    (``cluster`` with ``vertex_weight=train``)."""
     if cfg.name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {cfg.name!r}; expected one of {', '.join(sorted(SAMPLERS))}")
-    return SAMPLERS[cfg.name](cfg, edge_index, num_nodes, seed, cache_dir)
+    extra = {} if train_mask is None else {"train_mask": train_mask}
+    return SAMPLERS[cfg.name](cfg, edge_index, num_nodes, seed, cache_dir, **extra)
 
 
 @register_sampler("full")
-def _full(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir):
+def _full(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, **_):
     from graphscale.sampling.samplers import FullGraphSampler
     return FullGraphSampler(edge_index, num_nodes)
 
 
 @register_sampler("random")
-def _random(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir):
+def _random(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, **_):
     from graphscale.sampling.samplers import PartitionSampler
     return PartitionSampler(edge_index, num_nodes, cfg.num_parts, seed, partitioner="random")
+
+
+@register_sampler("cluster")
+def _cluster(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, train_mask=None):
+    from graphscale.sampling.cluster import build_cluster_sampler
+    return build_cluster_sampler(edge_index, num_nodes, num_parts=cfg.num_parts,
+                                 clusters_per_batch=cfg.clusters_per_batch, partitioner=cfg.partitioner,
+                                 diag_lambda=cfg.diag_lambda, imbalance=cfg.imbalance,
+                                 vertex_weight=cfg.vertex_weight, seed=seed,
+                                 cache_dir=cfg.cache_dir or cache_dir, train_mask=train_mask)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,13 +55,24 @@ class DataConfig:
 class SamplerConfig:
     """How the graph is cut into training steps and how evaluation sees it."""
 
-    name: str = _choice("random", "random", "full", doc="random: a fresh random node partition per epoch, "
-                        "one part per step; full: the whole graph per step")
+    name: str = _choice("random", "random", "full", "cluster", doc="random: a fresh random node partition "
+                        "per epoch, one part per step; full: the whole graph per step; cluster: Cluster-GCN, "
+                        "num_parts fixed clusters (partitioner), clusters_per_batch merged per step")
     num_parts: int = _doc(10, "random: parts per epoch (steps per epoch)")
-    eval_name: str = _choice("full", "full", "random", doc="evaluation on the full graph, or on a partition "
+    eval_name: str = _choice("full", "full", "random", "metis", doc="evaluation on the full graph, or on a partition "
                              "(this partitioner) into eval_parts parts")
     eval_parts: int = _doc(5, "evaluation parts when eval_name is a partitioner")
     eval_views: int = _doc(1, "independent partitions whose predictions are averaged (RevGNN multi-view)")
+    # Cluster-GCN (name=cluster); see docs/partitioning.md.
+    partitioner: str = _choice("metis", "metis", "random", "contiguous", doc="cluster: how the num_parts "
+                               "clusters are computed (once, cached under cache_dir)")
+    clusters_per_batch: int = _doc(1, "cluster: q, clusters merged per step (edges between them kept)")
+    diag_lambda: Union[float, None] = _doc(None, "cluster: null = the model normalises; a number >= 0 = "
+                                           "Cluster-GCN's diagonal enhancement (A'+I row-normalised + lambda*diag)")
+    imbalance: float = _doc(0.03, "metis: allowed part-size imbalance (0.03 = largest part <= 1.03 x mean)")
+    vertex_weight: str = _choice("none", "none", "degree", "train", doc="metis: balance node counts (none), "
+                                 "edges (degree), or node counts and training nodes (train)")
+    cache_dir: str = _doc("", "folder for cached partitions; empty = the trainer's (<data.root>/partitions)")
 
 
 @dataclass
