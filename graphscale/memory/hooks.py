@@ -1,0 +1,125 @@
+"""Compress every activation autograd saves, for any model: ``with compressed_activations(bits=2): ...``.
+
+The model-agnostic form of ActNN (Chen et al., ICML 2021) / GACT (Liu et al., ICML 2022): a
+:func:`torch.autograd.graph.saved_tensors_hooks` pair quantizes each saved floating-point tensor on
+pack (:mod:`graphscale.memory.quantize`) and dequantizes it when backward unpacks it. Kept as they are:
+integer / bool tensors (indices, masks), tensors smaller than ``min_numel``, and leaves (parameters,
+inputs) and views of leaves -- those stay alive outside autograd anyway, so a compressed copy would
+only add bytes. A tensor saved by several ops is quantized once and the packed copy shared (EXACT's
+trick), keyed by the tensor's identity and version.
+
+Caveat (as for GACT): an op whose backward is nonlinear in what it saved sees a quantized value. ReLU
+saving its output is exact at 0 but a positive value smaller than its group's step may read back as 0;
+the layer-level replacements (:mod:`graphscale.memory.layers`) store exact 1-bit masks instead.
+The hooks do not apply random projection (its reconstruction is unbiased only where the backward is
+linear in the saved tensor, i.e. for matmul inputs; use :func:`graphscale.memory.compress_model`).
+
+The innermost ``saved_tensors_hooks`` wins, so byte counting under this context goes through the
+``report_ctx`` protocol of :mod:`graphscale.memory.accounting`: nest ``count_saved_bytes`` outside.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from graphscale.errors import ConfigError
+from graphscale.memory.accounting import report_ctx
+from graphscale.memory.quantize import CompressionConfig, Projected, QuantizedTensor
+
+__all__ = ["compressed_activations", "SharedQuantized"]
+
+
+class SharedQuantized:
+    """Quantize-once cache: the same live tensor (same version) maps to one compressed copy.
+
+    Entries are keyed by ``id`` and checked against a weak reference, so a recycled ``id`` never
+    returns a stale copy; an entry disappears with its tensor.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple] = {}
+
+    def get(self, t: Tensor, cfg: CompressionConfig, project: bool = True):
+        key = id(t)
+        hit = self._entries.get(key)
+        if hit is not None:
+            ref, version, hcfg, hproj, value = hit
+            if ref() is t and version == t._version and hcfg == cfg and hproj == project:
+                return value
+        value = cfg.compress(t, project=project)
+        entries = self._entries
+        try:
+            ref = weakref.ref(t, lambda _r, k=key: entries.pop(k, None))
+        except TypeError:  # not weak-referenceable: no sharing
+            return value
+        entries[key] = (ref, t._version, cfg, project, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _is_leaf_storage(t: Tensor) -> bool:
+    base = t._base if t._base is not None else t
+    return base.is_leaf
+
+
+@contextlib.contextmanager
+def compressed_activations(bits: int = 2, group_size: int | None = 256, min_numel: int = 1024,
+                           enabled: bool = True, backend: str | None = None,
+                           kept_frac: float = 1.0) -> Iterator[CompressionConfig | None]:
+    """Quantize the activations autograd saves inside the block; backward dequantizes them.
+
+    Example::
+
+        with compressed_activations(bits=2):
+            loss = loss_fn(model(x, edge_index)[train], y[train])
+        loss.backward()          # may run outside the block
+
+    Args:
+        bits: 1, 2, 4 or 8 bits per value.
+        group_size: values per quantization group (ActNN; default 256) or ``None`` for per-row
+            statistics (EXACT).
+        min_numel: saved float tensors with fewer elements are kept exactly (small tensors save
+            little and are often reused statistics).
+        enabled: ``False`` makes the block a no-op (the ``disable=`` switch, DESIGN.md rule 6).
+        backend: quantization backend (``'torch'``, ``'triton'`` or ``'auto'``).
+        kept_frac: must be 1.0 here (see the module docstring); projection is a layer-level option.
+
+    Yields the :class:`CompressionConfig` in use (``None`` when disabled).
+    """
+    cfg = CompressionConfig(bits, group_size, 1.0, backend)  # validates bits / group_size / backend
+    if kept_frac != 1.0:
+        raise ConfigError(f"compressed_activations does not apply random projection (kept_frac={kept_frac!r}): "
+                          f"its reconstruction is unbiased only for matmul inputs; use "
+                          f"compress_model(..., kept_frac=...) for the layers that support it")
+    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+        raise ConfigError(f"min_numel must be a non-negative int, got {min_numel!r}")
+    if not enabled:
+        yield None
+        return
+    cache = SharedQuantized()
+
+    def pack(t: Tensor):
+        if (not t.is_floating_point() or t.numel() < min_numel or t.layout != torch.strided
+                or _is_leaf_storage(t)):
+            report_ctx(t)
+            return t
+        q = cache.get(t, cfg, project=False)
+        report_ctx(*q.tensors())
+        return q
+
+    def unpack(obj):
+        if isinstance(obj, (QuantizedTensor, Projected)):
+            return obj.dequantize(cfg.backend)
+        return obj
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield cfg
+    finally:
+        cache.clear()

@@ -1,0 +1,330 @@
+"""Compressed layers: the forward is exact, backward reads low-bit copies of what it needs.
+
+ActNN (Chen et al., ICML 2021) / EXACT (Liu et al., ICLR 2022) layer replacements:
+
+* :class:`QLinear` (also for PyG's ``Linear``) keeps its input quantized (optionally randomly projected
+  first, EXACT) -- the weight gradient ``g^T x`` is linear in the stored input, so it stays unbiased;
+* :class:`QReLU` keeps a 1-bit mask (exact gradient), :class:`QDropout` a bit-packed keep mask
+  (exact gradient);
+* :class:`QLayerNorm` / :class:`QBatchNorm1d` keep the quantized normalised input ``x_hat`` and the
+  float32 per-row (per-channel) ``rstd``.
+
+Every layer quantizes through one :class:`~graphscale.memory.hooks.SharedQuantized` cache, so a tensor
+fed to several compressed ops (e.g. SAGE's root and neighbour paths) is stored once. Compressed copies
+live on ``ctx`` and are reported to :func:`graphscale.memory.accounting.report_ctx`; masks and
+statistics go through ``save_for_backward``.
+
+Each Function takes ``cfg=None`` to store its input exactly (the ``disable`` path and the gradcheck
+oracle). Modules subclass the torch / PyG module they replace, so parameters, buffers and
+``state_dict`` keys are unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from graphscale.memory.accounting import report_ctx
+from graphscale.memory.hooks import SharedQuantized
+from graphscale.memory.quantize import CompressionConfig, pack_codes, unpack_codes
+
+__all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinear", "qrelu", "qdropout",
+           "qlayer_norm", "qbatch_norm", "pack_mask", "unpack_mask", "shared_cache", "stash", "unstash"]
+
+#: The process-wide quantize-once cache used by every compressed layer.
+shared_cache = SharedQuantized()
+
+
+def stash(ctx, x: Tensor, cfg: CompressionConfig | None, project: bool = True) -> tuple[Tensor, ...]:
+    """Keep ``x`` for backward: compressed on ``ctx.stored`` (shared, reported to the accounting), or,
+    with ``cfg=None``, returned as ``(x,)`` for the caller to put last in ``save_for_backward``."""
+    if cfg is None:
+        ctx.stored = None
+        return (x,)
+    ctx.stored = shared_cache.get(x, cfg, project=project)
+    report_ctx(*ctx.stored.tensors())
+    return ()
+
+
+def unstash(ctx) -> Tensor:
+    """The stored input of :func:`stash` (dequantized, or the exact tensor saved last)."""
+    if ctx.stored is None:
+        return ctx.saved_tensors[-1]
+    return ctx.stored.dequantize()
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """Bool tensor -> ``uint8 [ceil(numel / 8)]`` (1 bit per element)."""
+    return pack_codes(mask.reshape(1, -1), 1).view(-1)
+
+
+def unpack_mask(packed: Tensor, shape: torch.Size) -> Tensor:
+    return unpack_codes(packed.view(1, -1), 1, math.prod(shape)).view(shape).bool()
+
+
+# --------------------------------------------------------------------------------------------
+class _QLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, cfg):
+        out = F.linear(x, weight, bias)
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        ctx.stored = None
+        if weight.requires_grad:
+            ctx.save_for_backward(*stash(ctx, x, cfg))
+        ctx.weight = weight  # a parameter: kept alive by the module, not an activation
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        w = ctx.weight
+        gx = gw = gb = None
+        g2 = g.reshape(-1, g.shape[-1])
+        if ctx.needs_input_grad[0]:
+            gx = (g2 @ w.to(g2.dtype)).view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            x = unstash(ctx)
+            gw = g2.t() @ x.reshape(-1, x.shape[-1]).to(g2.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb, None
+
+
+def qlinear(x: Tensor, weight: Tensor, bias: Tensor | None, cfg: CompressionConfig | None) -> Tensor:
+    """``F.linear`` that keeps ``x`` compressed for the weight gradient. Shapes: ``x [..., in]`` ->
+    ``[..., out]``."""
+    return _QLinearFn.apply(x, weight, bias, cfg)
+
+
+class _QReLUFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.relu(x)
+        ctx.shape = x.shape
+        ctx.save_for_backward(pack_mask(out > 0))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (packed,) = ctx.saved_tensors
+        return g * unpack_mask(packed, ctx.shape)
+
+
+def qrelu(x: Tensor) -> Tensor:
+    """ReLU storing a 1-bit mask for backward (exact gradient, 1/32 of the float32 output)."""
+    return _QReLUFn.apply(x)
+
+
+class _QDropoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        keep = torch.empty_like(x, dtype=torch.bool).bernoulli_(1.0 - p)  # same global-RNG draw count as bernoulli
+        ctx.scale = 1.0 / (1.0 - p)
+        ctx.shape = x.shape
+        ctx.save_for_backward(pack_mask(keep))
+        return x * keep * ctx.scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (packed,) = ctx.saved_tensors
+        return g * unpack_mask(packed, ctx.shape) * ctx.scale, None
+
+
+def qdropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Dropout storing its keep mask bit-packed (1 bit per element instead of torch's 1 byte)."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return _QDropoutFn.apply(x, p)
+
+
+# --------------------------------------------------------------------------------------------
+def _norm_backward(g_hat: Tensor, x_hat: Tensor, rstd: Tensor, dim: int) -> Tensor:
+    # d/dx of (x - mean) * rstd along ``dim``: rstd * (g - mean(g) - x_hat * mean(g * x_hat)).
+    return rstd * (g_hat - g_hat.mean(dim, keepdim=True) - x_hat * (g_hat * x_hat).mean(dim, keepdim=True))
+
+
+class _QLayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, normalized_shape, eps, cfg):
+        k = len(normalized_shape)
+        x2 = x.reshape(-1, math.prod(normalized_shape))
+        var, mean = torch.var_mean(x2, dim=1, keepdim=True, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        x_hat = (x2 - mean) * rstd
+        out = x_hat.view(x.shape)
+        if weight is not None:
+            out = out * weight
+        if bias is not None:
+            out = out + bias
+        ctx.x_shape, ctx.k = x.shape, k
+        ctx.weight, ctx.has_bias = weight, bias is not None
+        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        rstd = ctx.saved_tensors[0]
+        x_hat = unstash(ctx).to(g.dtype)
+        w = ctx.weight
+        g2 = g.reshape(x_hat.shape)
+        n = x_hat.shape[1]
+        gw = gb = None
+        if w is not None and ctx.needs_input_grad[1]:
+            gw = (g2 * x_hat).sum(0).view(w.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0).view(w.shape if w is not None else ctx.x_shape[-ctx.k:])
+        g_hat = g2 * w.reshape(1, n) if w is not None else g2
+        gx = _norm_backward(g_hat, x_hat, rstd, 1).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        return gx, gw, gb, None, None, None
+
+
+def qlayer_norm(x: Tensor, normalized_shape, weight: Tensor | None, bias: Tensor | None, eps: float,
+                cfg: CompressionConfig | None) -> Tensor:
+    """LayerNorm keeping the quantized normalised input and the float32 ``rstd [rows, 1]``."""
+    return _QLayerNormFn.apply(x, weight, bias, tuple(normalized_shape), eps, cfg)
+
+
+class _QBatchNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, mean, rstd, batch_stats, cfg):
+        # x2 [M, C]; (mean, rstd) [C] are batch statistics or the running ones.
+        x_hat = (x2 - mean) * rstd
+        out = x_hat
+        if weight is not None:
+            out = out * weight
+        if bias is not None:
+            out = out + bias
+        ctx.weight, ctx.has_bias, ctx.batch_stats = weight, bias is not None, batch_stats
+        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        rstd = ctx.saved_tensors[0]
+        x_hat = unstash(ctx).to(g.dtype)
+        w = ctx.weight
+        gw = gb = None
+        if w is not None and ctx.needs_input_grad[1]:
+            gw = (g * x_hat).sum(0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        g_hat = g * w if w is not None else g
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = _norm_backward(g_hat, x_hat, rstd, 0) if ctx.batch_stats else g_hat * rstd
+        return gx, gw, gb, None, None, None, None
+
+
+def qbatch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
+                bias: Tensor | None, training: bool, momentum: float | None, eps: float,
+                num_batches_tracked: Tensor | None, cfg: CompressionConfig | None) -> Tensor:
+    """BatchNorm over ``x [N, C]`` or ``[N, C, L]`` (statistics per channel ``C``) keeping the quantized
+    ``x_hat``; running statistics are updated as :func:`torch.nn.functional.batch_norm` does."""
+    if x.dim() not in (2, 3):
+        raise ValueError(f"QBatchNorm1d expects a [N, C] or [N, C, L] input, got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    x2 = x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, c)
+    batch_stats = training or running_mean is None
+    if batch_stats:
+        with torch.no_grad():
+            var, mean = torch.var_mean(x2, dim=0, correction=0)
+            if training and running_mean is not None:
+                m = x2.shape[0]
+                if num_batches_tracked is not None:
+                    num_batches_tracked.add_(1)
+                f = (1.0 / float(num_batches_tracked)) if momentum is None else momentum
+                running_mean.mul_(1 - f).add_(mean, alpha=f)
+                running_var.mul_(1 - f).add_(var * (m / max(m - 1, 1)), alpha=f)
+    else:
+        mean, var = running_mean, running_var
+    rstd = torch.rsqrt(var + eps)
+    out = _QBatchNormFn.apply(x2, weight, bias, mean, rstd, batch_stats, cfg)
+    if x.dim() == 3:
+        out = out.view(x.shape[0], x.shape[2], c).movedim(-1, 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Modules. ``compression`` is a CompressionConfig or None (None = store exactly: the disable switch).
+class _Compressed:
+    compression: CompressionConfig | None = None
+
+    @classmethod
+    def convert(cls, module: nn.Module, cfg: CompressionConfig | None):
+        """A compressed module sharing ``module``'s parameters, buffers and hooks (same objects)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(module.__dict__)
+        new.compression = cfg
+        return new
+
+    def extra_repr(self) -> str:  # type: ignore[override]
+        base = super().extra_repr()  # type: ignore[misc]
+        c = self.compression
+        tag = "compression=off" if c is None else (
+            f"bits={c.bits}, group_size={c.group_size}" + (f", kept_frac={c.kept_frac}" if c.kept_frac < 1 else ""))
+        return f"{base}, {tag}" if base else tag
+
+
+class QLinear(_Compressed, nn.Linear):
+    """:class:`torch.nn.Linear` keeping its input quantized for the weight gradient (ActNN/EXACT).
+
+    Shapes: ``[..., in_features] -> [..., out_features]``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return qlinear(x, self.weight, self.bias, self.compression)
+
+
+class QReLU(_Compressed, nn.ReLU):
+    """:class:`torch.nn.ReLU` with a 1-bit mask for backward (``inplace`` is ignored: same memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return qrelu(x) if self.compression is not None else torch.relu(x)
+
+
+class QDropout(_Compressed, nn.Dropout):
+    """:class:`torch.nn.Dropout` with a bit-packed keep mask (1 bit per element)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.compression is None:
+            return F.dropout(x, self.p, self.training)
+        return qdropout(x, self.p, self.training)
+
+
+class QLayerNorm(_Compressed, nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` keeping the quantized normalised input and float32 ``rstd`` per row."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return qlayer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, self.compression)
+
+
+class QBatchNorm1d(_Compressed, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` keeping the quantized normalised input and float32 ``rstd`` per
+    channel. Shapes: ``[N, C]`` or ``[N, C, L]``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        use_running = not self.training and self.track_running_stats
+        return qbatch_norm(x, self.running_mean if (self.training or use_running) else None,
+                           self.running_var if (self.training or use_running) else None,
+                           self.weight, self.bias, self.training, self.momentum, self.eps,
+                           self.num_batches_tracked if self.training else None, self.compression)
+
+
+try:  # PyG's own Linear (used inside its convolutions): same forward as nn.Linear once initialised.
+    from torch_geometric.nn.dense.linear import Linear as _PyGLinear
+
+    class QPyGLinear(_Compressed, _PyGLinear):
+        """:class:`torch_geometric.nn.Linear` keeping its input quantized (see :class:`QLinear`)."""
+
+        def forward(self, x: Tensor) -> Tensor:
+            return qlinear(x, self.weight, self.bias, self.compression)
+
+    __all__.append("QPyGLinear")
+except ImportError:  # pragma: no cover - PyG is a dependency; keep the module importable without it
+    _PyGLinear = None
+    QPyGLinear = None

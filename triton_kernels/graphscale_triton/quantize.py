@@ -1,0 +1,132 @@
+"""Triton kernels for activation compression: stochastic quantize + bit-pack, unpack + dequantize.
+
+Layout (shared with the pure-torch reference in ``graphscale.memory.quantize``): the tensor is viewed
+as a contiguous ``[R, C]`` matrix (one row per node for EXACT's per-row mode, one row per group of
+``group_size`` values for ActNN's per-group mode). Row ``r`` has a minimum ``mn[r]`` and a step
+``scale[r]`` (16-bit floats); value ``x`` becomes the integer code
+``floor((x - mn) * inv_scale + u)`` clamped to ``[0, 2**bits - 1]``, with ``u`` uniform in
+``[0, 1)`` drawn from a counter-based hash of ``(key, element index)`` -- unbiased stochastic
+rounding that consumes no global RNG state and is reproducible from the key. ``8 // bits`` codes
+share a byte, the first in the lowest bits.
+
+Plain launchers only (DESIGN.md rule 4): tensors in, tensors out; dispatch and fallbacks live in
+graphscale. Depends on torch and triton only.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["quantize_pack_forward", "unpack_dequantize_forward"]
+
+
+@triton.jit
+def _fmix32(h):
+    # MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche (wrapping multiplies).
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _quantize_pack_kernel(
+    x_ptr,      # *fp32|fp16|bf16 [R, C] contiguous input values
+    mn_ptr,     # *fp16|bf16 [R] row minimum (rounded down to the 16-bit grid)
+    inv_ptr,    # *fp32 [R] 1 / scale (0 where the row is constant)
+    out_ptr,    # *uint8 [R, NB] packed codes
+    C,          # columns per row
+    NB,         # bytes per packed row = ceil(C / VPB)
+    key,        # uint32 stream key derived from the seed
+    BITS: tl.constexpr,
+    VPB: tl.constexpr,      # values per byte = 8 // BITS
+    BLOCK_B: tl.constexpr,  # bytes handled by one program
+):
+    row = tl.program_id(0)
+    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    k = tl.arange(0, VPB)
+    col = b[:, None] * VPB + k[None, :]
+    mask = col < C
+    idx = row.to(tl.int64) * C + col
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    mn = tl.load(mn_ptr + row).to(tl.float32)
+    inv = tl.load(inv_ptr + row)
+    lo = (idx & 0xFFFFFFFF).to(tl.uint32)
+    hi = (idx >> 32).to(tl.uint32)
+    h = _fmix32(_fmix32(lo ^ key.to(tl.uint32)) ^ hi)
+    u = (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # top 24 bits / 2**24: uniform in [0, 1)
+    code = tl.floor((x - mn) * inv + u)
+    code = tl.minimum(tl.maximum(code, 0.0), (1 << BITS) - 1.0)
+    code = tl.where(mask, code, 0.0).to(tl.int32)
+    shifted = code << (k[None, :] * BITS)
+    byte = tl.sum(shifted, axis=1)  # disjoint bit fields: the sum is a bitwise or
+    tl.store(out_ptr + row.to(tl.int64) * NB + b, byte.to(tl.uint8), mask=b < NB)
+
+
+@triton.jit
+def _unpack_dequantize_kernel(
+    packed_ptr,  # *uint8 [R, NB] packed codes
+    mn_ptr,      # *fp16|bf16 [R] row minimum
+    scale_ptr,   # *fp16|bf16 [R] row step
+    out_ptr,     # *fp32|fp16|bf16 [R, C] output values
+    C,           # columns per row
+    NB,          # bytes per packed row
+    BITS: tl.constexpr,
+    VPB: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    k = tl.arange(0, VPB)
+    byte = tl.load(packed_ptr + row.to(tl.int64) * NB + b, mask=b < NB, other=0).to(tl.int32)
+    code = (byte[:, None] >> (k[None, :] * BITS)) & ((1 << BITS) - 1)
+    mn = tl.load(mn_ptr + row).to(tl.float32)
+    scale = tl.load(scale_ptr + row).to(tl.float32)
+    val = mn + code.to(tl.float32) * scale
+    col = b[:, None] * VPB + k[None, :]
+    tl.store(out_ptr + row.to(tl.int64) * C + col, val.to(out_ptr.dtype.element_ty), mask=col < C)
+
+
+def _block_bytes(nb: int) -> int:
+    # 256 bytes per program = 1024 2-bit values; a whole default group (256 values) or a typical node
+    # row (64-512 features) in one program.
+    return min(256, triton.next_power_of_2(max(nb, 1)))
+
+
+def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.Tensor, bits: int,
+                          key: int) -> torch.Tensor:
+    """Stochastically quantize the rows of ``x2d [R, C]`` and pack them into ``uint8 [R, ceil(C*bits/8)]``.
+
+    ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key`` is a
+    uint32 stream key (the same key and input give the same codes).
+    """
+    assert x2d.dim() == 2 and x2d.is_contiguous()
+    R, C = x2d.shape
+    vpb = 8 // bits
+    nb = (C + vpb - 1) // vpb
+    out = torch.empty((R, nb), dtype=torch.uint8, device=x2d.device)
+    if R == 0 or nb == 0:
+        return out
+    block = _block_bytes(nb)
+    grid = (R, triton.cdiv(nb, block))
+    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key & 0xFFFFFFFF,
+                                BITS=bits, VPB=vpb, BLOCK_B=block)
+    return out
+
+
+def unpack_dequantize_forward(packed: torch.Tensor, mn: torch.Tensor, scale: torch.Tensor, bits: int,
+                              cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`quantize_pack_forward` up to the rounding: ``[R, cols]`` values of ``dtype``."""
+    assert packed.dim() == 2 and packed.is_contiguous()
+    R, nb = packed.shape
+    out = torch.empty((R, cols), dtype=dtype, device=packed.device)
+    if R == 0 or nb == 0:
+        return out
+    block = _block_bytes(nb)
+    grid = (R, triton.cdiv(nb, block))
+    _unpack_dequantize_kernel[grid](packed, mn, scale, out, cols, nb,
+                                    BITS=bits, VPB=8 // bits, BLOCK_B=block)
+    return out
