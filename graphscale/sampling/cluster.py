@@ -13,7 +13,7 @@ Memory layout (what the sampler holds, all int64 index arrays; no features):
 * ``edge_perm [E']`` global edge ids sorted by the cluster of their source, ``edge_ptr [P+1]``; with
   ``q = 1`` only the ``E'`` within-cluster edges are kept (the others can never be in a batch).
 
-That is ``32 N + 8 E'`` bytes next to the graph's own ``16 E`` (edge_index) plus its features. The
+That is ``24 N + 8 E'`` bytes (+ ``16 P``) next to the graph's own ``16 E`` (edge_index) plus its features. The
 graph's ``edge_index`` is referenced, not copied; node features, labels and edge features are
 gathered per batch by the trainer (``x[sub.node_ids]``, ``edge_attr[sub.edge_ids]``), so at most
 one batch's features exist at a time. PyG's ``ClusterData`` instead stores a full permuted copy of

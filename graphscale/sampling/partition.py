@@ -361,12 +361,14 @@ def partition(name: str, edge_index: Tensor | None, num_nodes: int, num_parts: i
         return fn(edge_index, num_nodes, num_parts, seed=seed, **kwargs)
     check_edge_index(edge_index, num_nodes)
     key = f"{name}-{partition_key(name, edge_index, num_nodes, num_parts, seed, **kwargs)}"
+    path = os.path.join(os.fspath(cache_dir), f"{key}.pt") if cache_dir is not None else None
+    part = None
     if key in _MEMO:
         _MEMO.move_to_end(key)
-        return _MEMO[key].clone()
-    part = None
-    path = os.path.join(os.fspath(cache_dir), f"{key}.pt") if cache_dir is not None else None
-    if path is not None and os.path.isfile(path):
+        part = _MEMO[key].clone()
+        if path is None or os.path.isfile(path):
+            return part
+    elif path is not None and os.path.isfile(path):
         try:
             loaded = torch.load(path, weights_only=True)
             if (isinstance(loaded, Tensor) and loaded.shape == (num_nodes,) and loaded.dtype == torch.long
@@ -376,8 +378,9 @@ def partition(name: str, edge_index: Tensor | None, num_nodes: int, num_parts: i
                 warnings.warn(f"ignoring malformed cached partition {path}; recomputing", stacklevel=2)
         except Exception as exc:  # a truncated or foreign file: recompute rather than fail
             warnings.warn(f"ignoring unreadable cached partition {path} ({exc}); recomputing", stacklevel=2)
-    if part is None:
-        part = fn(edge_index, num_nodes, num_parts, seed=seed, **kwargs)
+    if part is None or (path is not None and not os.path.isfile(path)):
+        if part is None:
+            part = fn(edge_index, num_nodes, num_parts, seed=seed, **kwargs)
         if path is not None:
             try:
                 _save_atomic(part, path)
