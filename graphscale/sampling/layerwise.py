@@ -1,0 +1,292 @@
+"""Layer-wise training data: the normalised adjacency, feature stores, node batches, and
+layer-by-layer inference.
+
+Layer-wise GCN training (L-GCN; You, Chen, Wang, Shen, CVPR 2020, "L2-GCN: Layer-Wise and Learned
+Efficient Training of Graph Convolutional Networks") never runs a graph convolution inside the
+training loop. For every layer ``l`` the current node features are aggregated once over the whole
+graph, ``A_hat H_{l-1}`` with ``A_hat = D^-1/2 (A + I) D^-1/2``; the layer's transform is then
+trained on mini-batches of rows of that matrix (training nodes only), like an MLP. So what one
+training step holds in memory depends on the batch size and the widths, never on the graph size.
+
+This module holds the pieces that touch the graph or the ``[N, F]`` feature matrices:
+
+* :func:`gcn_adjacency` -- ``A_hat`` as a ``torch.sparse_csr`` matrix (row = target node).
+* :func:`aggregate` -- the one place a feature matrix is multiplied by the adjacency (the switch to
+  :mod:`graphscale.ops` is a one-line change there).
+* :class:`FeatureStore` -- allocates ``[N, F]`` buffers in host memory or in memory-mapped files
+  (``storage='memory' | 'mmap'``), checking first that they fit.
+* :func:`propagate` / :func:`map_rows` -- row-block aggregation and row-block transforms from one
+  buffer into another, so only a block of output rows lives on the compute device at a time.
+* :func:`node_batches` -- seeded shuffled mini-batches of node ids.
+* :func:`layerwise_inference` -- generic layer-by-layer inference for any stack of layers on a big
+  graph (one layer's activations in memory at a time).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from graphscale.errors import ConfigError, DataError
+
+STORAGES = ("memory", "mmap")
+
+
+# --------------------------------------------------------------------------- adjacency
+def gcn_adjacency(edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The GCN propagation matrix ``A_hat = D^-1/2 (A + I) D^-1/2`` as a sparse CSR tensor.
+
+    Kipf & Welling (ICLR 2017) normalisation, identical to PyG's ``gcn_norm`` with
+    ``add_self_loops=True``: existing self-loops are replaced by one self-loop of weight 1, a
+    duplicated edge counts as often as it appears, and the degree is the in-degree of the target.
+
+    Args:
+        edge_index: ``[2, E]`` long, messages flow ``edge_index[0] -> edge_index[1]``.
+        num_nodes: ``N``.
+        dtype: value dtype.
+
+    Returns:
+        ``[N, N]`` ``torch.sparse_csr`` tensor; row ``i`` holds the weights of ``i``'s in-neighbours,
+        so ``A_hat @ X`` aggregates messages at their targets.
+    """
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise DataError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    keep = src != dst
+    loops = torch.arange(num_nodes, dtype=torch.long)
+    src, dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
+    deg = torch.zeros(num_nodes, dtype=dtype).index_add_(0, dst, torch.ones(dst.numel(), dtype=dtype))
+    dinv = deg.pow(-0.5)
+    weight = dinv[src] * dinv[dst]
+    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (num_nodes, num_nodes)).coalesce()
+    return coo.to_sparse_csr()
+
+
+def aggregate(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` for a sparse CSR ``adj [R, N]`` and dense ``x [N, F]`` -> ``[R, F]``.
+
+    The single aggregation seam of layer-wise training: every propagation in this module goes
+    through here.
+    """
+    # TODO(ops): switch to graphscale.ops.spmm once it is committed (one-line change). Until then
+    # torch.sparse.mm on CSR, the fastest CPU path measured in DESIGN.md (~300 ms vs ~1270 ms for
+    # gather + index_add_ on an arxiv-sized graph).
+    return torch.sparse.mm(adj, x)
+
+
+def _row_block(adj: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(crow, col, values)`` of rows ``r0:r1`` of a CSR matrix, ``crow`` rebased to 0."""
+    crow = adj.crow_indices()
+    a, b = int(crow[r0]), int(crow[r1])
+    return crow[r0:r1 + 1] - a, adj.col_indices()[a:b], adj.values()[a:b]
+
+
+# --------------------------------------------------------------------------- feature storage
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class FeatureStore:
+    """Allocates the ``[N, F]`` feature buffers of layer-wise training, in RAM or in mmap files.
+
+    With ``storage='memory'`` buffers are ordinary host tensors; with ``storage='mmap'`` each buffer
+    is a file in ``folder`` mapped with :func:`torch.from_file` (``shared=True``: writes go to the
+    file, the OS pages rows in and out), so a feature matrix larger than RAM still works. Either way
+    buffers stay on the host; training moves only mini-batches to the compute device.
+
+    Args:
+        storage: ``'memory'`` or ``'mmap'``.
+        folder: where mmap files go (required for ``'mmap'``; created if missing).
+        dtype: element type of every buffer.
+
+    Raises:
+        ConfigError: unknown storage or a missing folder for mmap.
+        DataError: from :meth:`empty` when a buffer does not fit (RAM for ``'memory'``, free disk
+            space in ``folder`` for ``'mmap'``), before anything is allocated.
+    """
+
+    def __init__(self, storage: str = "memory", folder: str | None = None, dtype: torch.dtype = torch.float32):
+        if storage not in STORAGES:
+            raise ConfigError(f"storage {storage!r} is not one of {STORAGES}")
+        if storage == "mmap":
+            if not folder:
+                raise ConfigError("storage='mmap' needs a folder for the memory-mapped feature files")
+            os.makedirs(folder, exist_ok=True)
+        self.storage, self.folder, self.dtype = storage, folder, dtype
+        self._files: dict[int, str] = {}  # id(tensor) -> path, to delete on release
+        self._count = 0
+
+    def check_fits(self, num_rows: int, width: int, what: str = "features") -> int:
+        """Raise :class:`DataError` unless a ``[num_rows, width]`` buffer fits; return its bytes."""
+        nbytes = int(num_rows) * int(width) * torch.empty((), dtype=self.dtype).element_size()
+        if self.storage == "memory":
+            avail = _available_memory_bytes()
+            if avail is not None and nbytes > avail:
+                raise DataError(f"{what} [{num_rows}, {width}] need {nbytes / 2**30:.2f} GiB but only "
+                                f"{avail / 2**30:.2f} GiB of memory is available: use storage='mmap' with "
+                                f"a folder on a disk that has the space")
+        else:
+            free = shutil.disk_usage(self.folder).free
+            if nbytes > free:
+                raise DataError(f"{what} [{num_rows}, {width}] need {nbytes / 2**30:.2f} GiB of disk but "
+                                f"{self.folder!r} has only {free / 2**30:.2f} GiB free: choose another "
+                                f"folder (train.storage_dir)")
+        return nbytes
+
+    def empty(self, num_rows: int, width: int, what: str = "features") -> Tensor:
+        """A new uninitialised ``[num_rows, width]`` host buffer (checked with :meth:`check_fits`)."""
+        self.check_fits(num_rows, width, what)
+        if self.storage == "memory":
+            return torch.empty(num_rows, width, dtype=self.dtype)
+        self._count += 1
+        path = os.path.join(self.folder, f"features_{os.getpid()}_{self._count}.bin")
+        numel = int(num_rows) * int(width)
+        with open(path, "wb") as fh:  # sparse file of the right size; pages appear when written
+            fh.truncate(numel * torch.empty((), dtype=self.dtype).element_size())
+        buf = torch.from_file(path, shared=True, size=numel, dtype=self.dtype).view(num_rows, width)
+        self._files[id(buf)] = path
+        return buf
+
+    def release(self, buf: Tensor) -> None:
+        """Forget a buffer made by :meth:`empty` (its mmap file is deleted; the mapping lives until
+        the last reference to ``buf`` goes)."""
+        path = self._files.pop(id(buf), None)
+        if path is not None and os.path.exists(path):
+            os.unlink(path)
+
+    def release_all(self) -> None:
+        for path in self._files.values():
+            if os.path.exists(path):
+                os.unlink(path)
+        self._files.clear()
+
+
+# --------------------------------------------------------------------------- row-block passes
+def propagate(adj: Tensor, x: Tensor, out: Tensor, block_rows: int = 65_536,
+              device: torch.device | str | None = None) -> Tensor:
+    """``out[:] = adj @ x`` one block of ``block_rows`` output rows at a time.
+
+    Only the rows of ``x`` a block needs (its in-neighbours) are moved to ``device``, so the peak on
+    the device is one block of output plus its neighbourhood, whatever ``N`` is. ``x`` and ``out`` may
+    be mmap-backed host tensors (:class:`FeatureStore`).
+
+    Args:
+        adj: ``[N, N]`` sparse CSR (host).
+        x: ``[N, F]`` dense (host).
+        out: ``[N, F]`` preallocated (host); returned.
+        block_rows: output rows per block.
+        device: where the block product runs (default: ``x``'s device).
+    """
+    n = adj.size(0)
+    device = torch.device(device) if device is not None else x.device
+    whole = device == x.device and x.device.type == "cpu"
+    for r0 in range(0, n, block_rows):
+        r1 = min(n, r0 + block_rows)
+        crow, col, val = _row_block(adj, r0, r1)
+        if whole:  # no copy of x: columns keep their global ids
+            block = torch.sparse_csr_tensor(crow, col, val, (r1 - r0, x.size(0)))
+            out[r0:r1] = aggregate(block, x)
+        else:
+            cols, inv = torch.unique(col, return_inverse=True)
+            block = torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())).to(device)
+            out[r0:r1] = aggregate(block, x[cols].to(device)).to(out.device)
+    return out
+
+
+@torch.no_grad()
+def map_rows(fn: Callable[[Tensor], Tensor], x: Tensor, out: Tensor, batch_size: int = 65_536,
+             device: torch.device | str | None = None) -> Tensor:
+    """``out[i] = fn(x[i])`` in row batches moved to ``device`` (a frozen layer applied to a store)."""
+    device = torch.device(device) if device is not None else x.device
+    for r0 in range(0, x.size(0), batch_size):
+        r1 = min(x.size(0), r0 + batch_size)
+        out[r0:r1] = fn(x[r0:r1].to(device)).to(out.device)
+    return out
+
+
+def node_batches(nodes: Tensor, batch_size: int, generator: torch.Generator | None = None,
+                 shuffle: bool = True) -> Iterator[Tensor]:
+    """Shuffled mini-batches of ``nodes`` (the last one may be smaller)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    order = nodes[torch.randperm(nodes.numel(), generator=generator)] if shuffle else nodes
+    for i in range(0, order.numel(), batch_size):
+        yield order[i:i + batch_size]
+
+
+# --------------------------------------------------------------------------- inference
+LayerFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@torch.no_grad()
+def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj: Tensor, batch_size: int = 65_536,
+                        device: torch.device | str | None = None,
+                        store: FeatureStore | None = None) -> Tensor:
+    """Run a deep GNN on a large graph one layer at a time (all nodes of layer ``l`` before layer
+    ``l + 1``), so only one layer's input and output ``[N, F]`` matrices exist at a time, on the host
+    (or in mmap files), and the device holds one batch and its 1-hop neighbourhood.
+
+    This is the inference scheme of layer-wise models (L-GCN, You et al., CVPR 2020) and of
+    neighbour-sampling trainers for full-graph evaluation (GraphSAGE, Hamilton et al., 2017).
+
+    Contract of a layer: ``layer(x_src, adj_block, x_dst) -> out`` where, for a batch of ``b``
+    target nodes,
+
+    * ``x_src [n_src, F_in]`` are the features of the batch's in-neighbours (the nodes with a
+      nonzero in ``adj``'s rows of the batch), on ``device``;
+    * ``adj_block`` is a ``[b, n_src]`` sparse CSR tensor: the batch's rows of ``adj`` with columns
+      relabelled to index ``x_src`` (``aggregate(adj_block, x_src)`` is ``(adj @ x)[batch]``);
+    * ``x_dst [b, F_in]`` are the batch's own features (root / skip terms);
+    * ``out [b, F_out]`` is the layer's output for the batch.
+
+    Every layer whose output at node ``i`` depends only on ``i``'s in-neighbours through ``adj`` fits
+    (GCN: ``relu(lin(aggregate(adj_block, x_src)))``; GraphSAGE-mean with a row-normalised ``adj``:
+    ``lin_l(aggregate(adj_block, x_src)) + lin_r(x_dst)``; attention from ``adj_block``'s indices).
+    Pass the same ``adj`` to every layer (build it once, e.g. :func:`gcn_adjacency`). A layer that
+    needs nothing from the graph may ignore ``x_src``/``adj_block``.
+
+    Args:
+        layers: callables as above, applied in order (e.g. ``functools.partial``s or modules).
+        x: ``[N, F]`` input features (host; mmap-backed is fine).
+        adj: ``[N, N]`` sparse CSR propagation matrix, row = target.
+        batch_size: target nodes per batch (contiguous ranges of node ids).
+        device: where layers run (default: ``x``'s device).
+        store: allocates the intermediate ``[N, F]`` buffers (default: host memory).
+
+    Returns:
+        ``[N, F_out]`` output of the last layer (host; from ``store``).
+    """
+    if len(layers) < 1:
+        raise ConfigError(f"layerwise_inference needs at least one layer, got {len(layers)}")
+    if adj.layout != torch.sparse_csr:
+        raise DataError(f"adj must be a sparse CSR tensor (torch.sparse_csr), got layout {adj.layout}")
+    if adj.size(0) != x.size(0) or adj.size(1) != x.size(0):
+        raise DataError(f"adj has shape {list(adj.shape)} but x has {x.size(0)} rows; expected [N, N] with N = {x.size(0)}")
+    store = store or FeatureStore("memory")
+    device = torch.device(device) if device is not None else x.device
+    n, h = x.size(0), x
+    for li, layer in enumerate(layers):
+        out = None
+        for r0 in range(0, n, batch_size):
+            r1 = min(n, r0 + batch_size)
+            crow, col, val = _row_block(adj, r0, r1)
+            cols, inv = torch.unique(col, return_inverse=True)
+            block = torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())).to(device)
+            res = layer(h[cols].to(device), block, h[r0:r1].to(device))
+            if out is None:
+                out = store.empty(n, res.size(1), what=f"layer {li + 1} activations")
+            out[r0:r1] = res.to(out.device)
+        if h is not x:
+            store.release(h)
+        h = out
+    return h
