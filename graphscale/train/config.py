@@ -95,15 +95,6 @@ class ModelConfig:
 class MemoryConfig:
     """Memory techniques applied on top of the model (see graphscale.memory)."""
 
-    # Activation compression (ActNN / EXACT; graphscale.memory, docs/compression.md).
-    compression: str = _choice("none", "none", "layers", "hooks", doc="none; layers: compress_model (compressed "
-                               "Linear/ReLU/Dropout/norm/aggregation); hooks: quantize every saved activation")
-    bits: int = _doc(2, "compression: bits per stored activation value (1, 2, 4 or 8)")
-    group_size: int = _doc(256, "compression: values per quantization group (ActNN); 0 = per node row (EXACT)")
-    projection: float = _doc(1.0, "compression layers: random projection keeping this fraction of the features "
-                             "of Linear inputs (EXACT; 1.0 = off)")
-    compression_strict: bool = _doc(False, "compression layers: fail (not warn) when modules stay uncompressed")
-
 
 @dataclass
 class TrainConfig:
@@ -118,19 +109,6 @@ class TrainConfig:
     eval_every: int = _doc(1, "evaluate every N epochs (and at the last)")
     checkpoint_every: int = _doc(1, "write a checkpoint every N epochs (and at the last)")
     patience: int = _doc(0, "stop after N evaluations without a better validation score (0 = off)")
-    # Multi-process data parallel (torchrun / --nproc; graphscale.train.distributed, docs/distributed.md).
-    grad_accum: int = _doc(1, "sampler steps per optimiser step, gradients averaged (global batch = "
-                           "nproc x grad_accum steps)")
-    dist_timeout: float = _doc(600.0, "distributed: seconds before a rendezvous or collective that waits "
-                               "on a missing rank fails")
-    ddp_static_graph: bool = _doc(True, "DDP static_graph: the same parameters are used every step (handles "
-                                  "unused parameters and recomputation inside backward)")
-    ddp_find_unused: bool = _doc(False, "DDP find_unused_parameters (only for models whose used parameters "
-                                 "change between steps; needs ddp_static_graph=false)")
-    comm_hook: str = _choice("none", "none", "powersgd", "signsgd", doc="gradient communication: plain "
-                             "all-reduce, PowerSGD low-rank, or 1-bit sign with error feedback")
-    powersgd_rank: int = _doc(1, "powersgd: rank of the gradient factors")
-    powersgd_start_iter: int = _doc(10, "powersgd: plain all-reduce steps before compression starts")
     # Layer-wise training (L-GCN / L2-GCN, graphscale.train.layerwise; docs/layerwise.md).
     mode: str = _choice("standard", "standard", "layerwise", doc="standard: end-to-end training; layerwise: "
                         "L-GCN (one layer at a time on aggregated features, no graph in the loop)")
