@@ -270,9 +270,10 @@ def _pick_backend(x: Tensor, backend: str | None) -> str:
 def _view_rows(x: Tensor, group_size: int | None) -> tuple[Tensor, int]:
     if group_size is None:
         rows = x.shape[0] if x.dim() >= 2 else 1
-        x2d = x.reshape(rows, -1)
+        x2d = x.reshape(rows, math.prod(x.shape) // rows if rows else 0)
         return x2d.contiguous(), x2d.shape[1]
     flat = x.reshape(-1)
+    group_size = max(1, min(group_size, flat.numel()))  # a tensor smaller than a group is one group
     pad = (-flat.numel()) % group_size
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))

@@ -103,4 +103,22 @@ def _cluster(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, train_m
 def apply_memory(model: nn.Module, cfg: MemoryConfig) -> nn.Module:
     """Apply the memory techniques of the ``memory:`` section to a built model (in place) and
     return it. With the defaults this is the identity."""
+    if cfg.compression != "none":
+        model = _apply_compression(model, cfg)
     return model
+
+
+def _apply_compression(model: nn.Module, cfg: MemoryConfig) -> nn.Module:
+    # ActNN / EXACT activation compression (graphscale.memory; docs/compression.md).
+    from graphscale.memory import compress_model, hook_compression
+
+    group_size = None if cfg.group_size == 0 else cfg.group_size
+    if cfg.compression == "layers":
+        return compress_model(model, bits=cfg.bits, group_size=group_size, kept_frac=cfg.projection,
+                              strict=cfg.compression_strict)
+    if cfg.compression == "hooks":
+        if cfg.projection != 1.0:
+            raise ConfigError(f"memory.projection={cfg.projection} needs memory.compression=layers (the hooks "
+                              f"mode quantizes every saved tensor and cannot project them without bias)")
+        return hook_compression(model, bits=cfg.bits, group_size=group_size)
+    raise ConfigError(f"unknown memory.compression {cfg.compression!r}; expected none, layers or hooks")

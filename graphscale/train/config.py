@@ -95,6 +95,15 @@ class ModelConfig:
 class MemoryConfig:
     """Memory techniques applied on top of the model (see graphscale.memory)."""
 
+    # Activation compression (ActNN / EXACT; graphscale.memory, docs/compression.md).
+    compression: str = _choice("none", "none", "layers", "hooks", doc="none; layers: compress_model (compressed "
+                               "Linear/ReLU/Dropout/norm/aggregation); hooks: quantize every saved activation")
+    bits: int = _doc(2, "compression: bits per stored activation value (1, 2, 4 or 8)")
+    group_size: int = _doc(256, "compression: values per quantization group (ActNN); 0 = per node row (EXACT)")
+    projection: float = _doc(1.0, "compression layers: random projection keeping this fraction of the features "
+                             "of Linear inputs (EXACT; 1.0 = off)")
+    compression_strict: bool = _doc(False, "compression layers: fail (not warn) when modules stay uncompressed")
+
 
 @dataclass
 class TrainConfig:

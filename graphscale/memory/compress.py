@@ -1,0 +1,237 @@
+"""``compress_model``: swap a model's layers for activation-compressed ones, in place.
+
+ActNN (Chen et al., ICML 2021) converts a model's layers to quantizing twins (``actnn.QModule``) with
+optimisation levels L0-L5; EXACT (Liu et al., ICLR 2022) does the same for GNNs with per-node
+quantization and random projection. :func:`compress_model` does both through one registry of
+replacements (:func:`register_compressed`), keeps every parameter and buffer (same objects, same
+``state_dict`` keys, so optimisers and checkpoints are unaffected), and reports the modules it could
+not compress (:func:`find_uncompressed`) instead of skipping them silently. :func:`hook_compression`
+is the model-agnostic alternative (every saved activation, via saved-tensor hooks).
+
+Presets (``preset=``):
+
+=========  ====================================================================================
+``L0``     nothing compressed (ActNN L0)
+``L1``     4-bit Linear / aggregation inputs, norm layers exact (ActNN L1: "4-bit conv + 32-bit bn")
+``L2``     4-bit everywhere (ActNN L2)
+``L3``     2-bit everywhere (ActNN L3 *without* its adaptive per-group bit allocation)
+``exact``  2-bit per-node statistics (EXACT, no projection)
+``exact-rp`` 2-bit per-node + random projection keeping 1/8 of the features (EXACT's headline)
+=========  ====================================================================================
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from graphscale.errors import ConfigError
+from graphscale.memory.hooks import compressed_activations
+from graphscale.memory.layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
+                                      _Compressed, _PyGLinear)
+from graphscale.memory.quantize import CompressionConfig
+
+__all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
+           "UncompressedLayersError"]
+
+
+class UncompressedLayersError(ConfigError):
+    """``compress_model(strict=True)`` found modules it cannot compress."""
+
+
+#: preset name -> keyword arguments of :func:`compress_model` (``None``: compression off).
+PRESETS: dict[str, dict | None] = {
+    "L0": None,
+    "L1": {"bits": 4, "group_size": 256, "norms": False},
+    "L2": {"bits": 4, "group_size": 256},
+    "L3": {"bits": 2, "group_size": 256},
+    "exact": {"bits": 2, "group_size": None},
+    "exact-rp": {"bits": 2, "group_size": None, "kept_frac": 0.125},
+}
+
+# exact type -> (converter(module, cfg) -> module, is_norm). Subclasses are not matched: a subclass may
+# have its own forward, which the replacement would silently drop.
+_REPLACEMENTS: dict[type, tuple[Callable, bool]] = {}
+
+
+def register_compressed(cls: type, converter: Callable[[nn.Module, CompressionConfig | None], nn.Module],
+                        norm: bool = False) -> None:
+    """Register ``converter(module, cfg)`` as the compressed replacement of modules of exact type ``cls``
+    (``norm=True``: skipped by presets that keep normalisation layers exact)."""
+    _REPLACEMENTS[cls] = (converter, norm)
+
+
+register_compressed(nn.Linear, QLinear.convert)
+register_compressed(nn.ReLU, QReLU.convert)
+register_compressed(nn.Dropout, QDropout.convert)
+register_compressed(nn.LayerNorm, QLayerNorm.convert, norm=True)
+register_compressed(nn.BatchNorm1d, QBatchNorm1d.convert, norm=True)
+if _PyGLinear is not None:
+    def _pyg_linear(m, cfg):
+        if isinstance(m.weight, nn.parameter.UninitializedParameter):
+            raise ConfigError("compress_model: a lazily initialised torch_geometric Linear (in_channels=-1) "
+                              "must see one forward pass before it can be compressed")
+        return QPyGLinear.convert(m, cfg)
+    register_compressed(_PyGLinear, _pyg_linear)
+
+# Modules that hold no float activations of their own (containers, identity, index-only aggregations).
+_PASSTHROUGH = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
+_PASSTHROUGH_NAMES = {"SumAggregation", "MeanAggregation", "MultiAggregation"}
+
+
+def _is_passthrough(m: nn.Module) -> bool:
+    if type(m) in _PASSTHROUGH or type(m).__name__ in _PASSTHROUGH_NAMES:
+        return True
+    return isinstance(m, nn.Dropout) and m.p == 0.0
+
+
+def _does_own_work(m: nn.Module) -> bool:
+    """A leaf module, or a PyG message-passing layer (its propagate runs in its own forward)."""
+    if not any(True for _ in m.children()):
+        return True
+    try:
+        from torch_geometric.nn.conv import MessagePassing
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(m, MessagePassing)
+
+
+def find_uncompressed(model: nn.Module) -> list[tuple[str, str]]:
+    """``[(qualified name, class name)]`` of modules whose saved activations stay uncompressed.
+
+    Listed: leaf modules and PyG message-passing layers that are neither compressed nor registered
+    nor known to save no float activations. Not visible here (and not listed): functional calls in a
+    module's own ``forward`` (``F.relu(x)``); use :func:`hook_compression` to cover those too.
+    """
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, _Compressed) or type(m) in _REPLACEMENTS or _is_passthrough(m):
+            continue
+        if _does_own_work(m):
+            out.append((name or "<root>", type(m).__name__))
+    return out
+
+
+def _resolve(preset, bits, group_size, kept_frac, norms, disable):
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown compression preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        opts = PRESETS[preset]
+        if opts is None:
+            return None, None, True
+        bits = opts.get("bits", bits)
+        group_size = opts.get("group_size", group_size)
+        kept_frac = opts.get("kept_frac", kept_frac)
+        norms = opts.get("norms", norms)
+    cfg = CompressionConfig(bits, group_size, kept_frac)  # validates everything up front
+    return cfg, norms, disable
+
+
+def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256, kept_frac: float = 1.0,
+                   preset: str | None = None, norms: bool = True, strict: bool = False, disable: bool = False,
+                   backend: str | None = None) -> nn.Module:
+    """Replace ``model``'s supported layers by activation-compressed twins, in place; returns the model.
+
+    Supported (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally projected),
+    ``nn.ReLU`` (1-bit mask), ``nn.Dropout`` (packed mask), ``nn.LayerNorm`` / ``nn.BatchNorm1d``
+    (quantized ``x_hat``), plus anything added with :func:`register_compressed`. Parameters and
+    buffers are shared with the originals. Calling it again re-configures the compressed layers
+    (idempotent for the same arguments).
+
+    Args:
+        model: any ``nn.Module`` (a supported module itself is converted and returned).
+        bits: 1, 2, 4 or 8.
+        group_size: values per quantization group (ActNN) or ``None`` for per-row (EXACT).
+        kept_frac: random projection of Linear inputs keeping this fraction of features (EXACT);
+            1.0 = off.
+        preset: a name from :data:`PRESETS` (overrides ``bits`` / ``group_size`` / ``kept_frac`` / ``norms``).
+        norms: also compress LayerNorm / BatchNorm1d.
+        strict: raise :class:`UncompressedLayersError` listing the modules left uncompressed
+            (default: warn with the list).
+        disable: swap the layers but store activations exactly (the off switch; same modules, same
+            results as the original up to floating-point reassociation).
+        backend: quantization backend ('torch' | 'triton' | 'auto').
+    """
+    cfg, norms, disable = _resolve(preset, bits, group_size, kept_frac, norms, disable)
+    if cfg is not None and backend is not None:
+        cfg = CompressionConfig(cfg.bits, cfg.group_size, cfg.kept_frac, backend)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress_model expects an nn.Module, got {type(model).__name__}")
+    use = None if disable else cfg
+
+    def convert(m: nn.Module) -> nn.Module:
+        if isinstance(m, _Compressed):
+            is_norm = isinstance(m, (QLayerNorm, QBatchNorm1d))
+            m.compression = use if (norms or not is_norm) else None
+            return m
+        entry = _REPLACEMENTS.get(type(m))
+        if entry is None:
+            return m
+        fn, is_norm = entry
+        if is_norm and not norms:
+            return m
+        return fn(m, use)
+
+    root = convert(model)
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            new = convert(child)
+            if new is not child:
+                setattr(parent, name, new)
+
+    left = find_uncompressed(root)
+    if not norms:
+        left = [(n, c) for n, c in left if c not in ("LayerNorm", "BatchNorm1d")]
+    if left:
+        listing = ", ".join(f"{n} ({c})" for n, c in left)
+        msg = (f"compress_model left {len(left)} module(s) uncompressed (their saved activations stay "
+               f"full precision): {listing}. Use hook_compression(model) / compressed_activations() to "
+               f"cover them, register_compressed() to add a replacement, or strict=False to accept.")
+        if strict:
+            raise UncompressedLayersError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+class _HookState:
+    def __init__(self, kwargs):
+        self.kwargs = kwargs
+        self.ctx = None
+        self.handles = []
+
+
+def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 256, min_numel: int = 1024,
+                     disable: bool = False, backend: str | None = None) -> nn.Module:
+    """Make ``model``'s forward run inside :func:`~graphscale.memory.hooks.compressed_activations`
+    while training (forward pre/post hooks; the module, its parameters and ``state_dict`` are untouched).
+
+    Every float activation any op saves is quantized (ActNN/GACT style). Calling it again replaces
+    the previous settings; ``disable=True`` removes the hooks. Returns the model.
+    """
+    CompressionConfig(bits, group_size, 1.0, backend)  # validate now, not at the first forward
+    old = getattr(model, "_graphscale_hook_compression", None)
+    if old is not None:
+        for h in old.handles:
+            h.remove()
+        del model._graphscale_hook_compression
+    if disable:
+        return model
+    state = _HookState(dict(bits=bits, group_size=group_size, min_numel=min_numel, backend=backend))
+
+    def pre(module, args):
+        if module.training and torch.is_grad_enabled() and state.ctx is None:
+            state.ctx = compressed_activations(**state.kwargs)
+            state.ctx.__enter__()
+
+    def post(module, args, output):
+        if state.ctx is not None:
+            ctx, state.ctx = state.ctx, None
+            ctx.__exit__(None, None, None)
+
+    state.handles = [model.register_forward_pre_hook(pre),
+                     model.register_forward_hook(post, always_call=True)]
+    model._graphscale_hook_compression = state
+    return model
