@@ -319,7 +319,10 @@ class _RevStackFunction(torch.autograd.Function):
         for i, b in enumerate(meta.blocks):  # grad is off inside Function.forward
             h = b.forward_math(h, meta.edge_index, args, meta.seed, i, meta.devices)
         y = h
-        freed = meta.free_input and x.requires_grad
+        # only a tensor that owns its whole storage is freed (freeing a view would free its base)
+        st = x.untyped_storage()
+        freed = (meta.free_input and x.requires_grad and x.is_contiguous() and x.storage_offset() == 0
+                 and st.nbytes() == x.numel() * x.element_size())
         if freed:
             x.untyped_storage().resize_(0)
         ctx.meta = meta
@@ -350,7 +353,8 @@ class _RevStackFunction(torch.autograd.Function):
         if ctx.x is not None:  # give the freed input its storage back, filled with the reconstruction
             x = ctx.x
             x.untyped_storage().resize_(y.numel() * y.element_size())
-            with torch.no_grad():
+            # not a user modification: keep the version counter that other nodes' checks rely on
+            with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(x):
                 x.copy_(y.view(ctx.x_shape))
         return (None, grad_y, *agrads, *pgrads)
 
