@@ -79,7 +79,8 @@ class SamplerConfig:
 class ModelConfig:
     """The network. ``name`` picks from the model registry in :mod:`graphscale.train.build`."""
 
-    name: str = _choice("deepergcn", "deepergcn", "gcn", doc="model from the registry")
+    name: str = _choice("deepergcn", "deepergcn", "gcn", "revgnn", "wt-revgnn", "deq-gnn",
+                        doc="model from the registry")
     hidden_channels: int = _doc(64, "width of every hidden layer")
     num_layers: int = _doc(7, "number of graph convolutions")
     dropout: float = _doc(0.1, "dropout probability")
@@ -89,6 +90,11 @@ class ModelConfig:
     norm: str = _choice("layer", "layer", "batch", doc="normalisation inside blocks")
     block: str = _choice("res+", "res+", "res", "plain", doc="DeeperGCN block type")
     mlp_layers: int = _doc(2, "GENConv MLP depth")
+    # Deep blocks (graphscale.nn: revgnn, wt-revgnn, deq-gnn)
+    num_groups: int = _doc(2, "revgnn / wt-revgnn: channel groups C of each reversible block")
+    solver: str = _choice("anderson", "anderson", "fixed-point", "broyden", doc="deq-gnn: fixed-point solver")
+    max_iter: int = _doc(30, "deq-gnn: solver iteration limit (forward and adjoint)")
+    tol: float = _doc(1e-3, "deq-gnn: solver tolerance (relative residual)")
 
 
 @dataclass

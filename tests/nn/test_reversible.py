@@ -219,3 +219,36 @@ def test_bad_inputs_have_clear_errors():
         GroupRevBlock(Block(3))
     with pytest.raises(ConfigError, match="takes GroupRevBlock"):
         RevStack([Block(3)])
+
+
+def test_revgnn_model_matches_disabled_and_registry_builds_all():
+    from graphscale.nn.deep_models import RevGNN
+    from graphscale.train.build import DatasetInfo, build_model
+    from graphscale.train.config import load_config
+
+    ei = graph(30, 120)
+    x, ea = torch.randn(30, 5, dtype=torch.float64), torch.rand(120, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    rev = RevGNN(5, 8, 4, num_layers=3, edge_dim=3, dropout=0.2, aggr="softmax").double()
+    torch.manual_seed(0)
+    ref = RevGNN(5, 8, 4, num_layers=3, edge_dim=3, dropout=0.2, aggr="softmax", disable=True).double()
+    ref.load_state_dict(rev.state_dict())
+    out_r, g_r = grads_of(rev, x, ei, ea)
+    out_d, g_d = grads_of(ref, x, ei, ea)
+    torch.testing.assert_close(out_r, out_d, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_r, g_d):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+    info = DatasetInfo(num_features=5, num_outputs=4, edge_dim=3)
+    counts = {}
+    for name in ("revgnn", "wt-revgnn", "deq-gnn"):
+        cfg = load_config("configs/quickstart-revgnn.yaml", [f"model.name={name}", "model.num_layers=4"]).model
+        model = build_model(cfg, info)
+        out = model(x.float(), ei, ea.float())
+        assert out.shape == (30, 4)
+        out.sum().backward()
+        assert model.node_encoder.weight.grad.abs().sum() > 0 and model.edge_encoder.weight.grad.abs().sum() > 0
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert counts["wt-revgnn"] < counts["revgnn"]
+    with pytest.raises(ConfigError, match="hidden_channels=9 must split into num_groups=2"):
+        RevGNN(5, 9, 4, num_layers=2)

@@ -1,0 +1,162 @@
+"""Memory-flat deep GNN models: RevGNN, WT-RevGNN and DEQ-GNN.
+
+Li, Müller, Ghanem, Koltun, "Training Graph Neural Networks with 1000 Layers", ICML 2021. The
+ogbn-proteins recipe (their Sec. 4 and PyG's ``examples/rev_gnn.py``): a linear node encoder and
+edge encoder, ``L`` grouped reversible blocks whose group function is
+``LayerNorm -> ReLU -> Dropout -> GENConv`` (max or softmax aggregation, edge features), then
+``LayerNorm -> ReLU -> Dropout -> Linear``. WT-RevGNN ties all blocks' weights; DEQ-GNN replaces
+the stack with one equilibrium block.
+
+All models take ``(x, edge_index, edge_attr=None)`` and return ``[N, out_channels]`` logits (the
+trainer's interface).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GENConv
+
+from graphscale.errors import ConfigError
+from graphscale.nn.deq import DEQBlock
+from graphscale.nn.reversible import GroupRevBlock, RevStack
+from graphscale.nn.weight_tied import WeightTiedReversible
+
+__all__ = ["GENBlock", "RevGNN", "DEQGNN"]
+
+
+class GENBlock(nn.Module):
+    """``LayerNorm -> ReLU -> Dropout -> GENConv``: the group function of RevGNN (pre-activation).
+
+    Args:
+        channels: input = output width.
+        aggr, t, learn_t, mlp_layers: GENConv options (its MLP uses LayerNorm: BatchNorm's running
+            statistics do not survive recomputation).
+        dropout: dropout probability (seeded per step by the reversible / equilibrium wrapper).
+        edge_features: the conv receives edge features of width ``channels``.
+
+    Shapes: ``x [N, channels]``, ``edge_attr [E, channels]`` (optional) -> ``[N, channels]``.
+    """
+
+    def __init__(self, channels: int, aggr: str = "max", t: float = 1.0, learn_t: bool = True,
+                 mlp_layers: int = 1, dropout: float = 0.1, edge_features: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.drop = nn.Dropout(dropout)
+        learn_t = learn_t and aggr == "softmax"
+        self.conv = GENConv(channels, channels, aggr=aggr, t=t, learn_t=learn_t, num_layers=mlp_layers,
+                            norm="layer")
+        self.edge_features = edge_features
+
+    def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        h = self.drop(F.relu(self.norm(x)))
+        return self.conv(h, edge_index, edge_attr if self.edge_features else None)
+
+
+class RevGNN(nn.Module):
+    """RevGNN / WT-RevGNN (Li et al., ICML 2021): deep grouped reversible GENConv stacks.
+
+    Args:
+        in_channels: node feature width.
+        hidden_channels: block width ``D`` (divisible by ``num_groups``).
+        out_channels: outputs (tasks / classes).
+        num_layers: number of reversible blocks ``L``.
+        num_groups: channel groups ``C >= 2``.
+        edge_dim: edge feature width, or None.
+        dropout, aggr, t, learn_t, mlp_layers: block options (see :class:`GENBlock`).
+        weight_tied: one block reused ``L`` times (WT-RevGNN): parameters O(1) in depth.
+        disable: plain autograd (no memory saving), for comparison.
+
+    Edge features are encoded to width ``D`` and split into ``C`` groups like the node features,
+    one slice per group. Shapes: ``x [N, F]``, ``edge_attr [E, edge_dim]`` -> ``[N, out]``.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
+                 num_groups: int = 2, edge_dim: int | None = None, dropout: float = 0.1, aggr: str = "max",
+                 t: float = 1.0, learn_t: bool = True, mlp_layers: int = 1, weight_tied: bool = False,
+                 disable: bool = False):
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        if num_groups < 2 or hidden_channels % num_groups != 0:
+            raise ConfigError(f"hidden_channels={hidden_channels} must split into num_groups={num_groups} "
+                              f"(>= 2) equal groups")
+        self.dropout = dropout
+        self.node_encoder = nn.Linear(in_channels, hidden_channels)
+        self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
+        width = hidden_channels // num_groups
+
+        def block() -> GroupRevBlock:
+            return GroupRevBlock(GENBlock(width, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None),
+                                 num_groups=num_groups, disable=disable)
+        if weight_tied:
+            self.blocks = WeightTiedReversible(block(), num_layers)
+        else:
+            self.blocks = RevStack([block() for _ in range(num_layers)], disable=disable)
+        self.out_norm = nn.LayerNorm(hidden_channels)
+        self.lin = nn.Linear(hidden_channels, out_channels)
+
+    def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        h = self.node_encoder(x)
+        if self.edge_encoder is not None and edge_attr is not None:
+            h = self.blocks(h, edge_index, self.edge_encoder(edge_attr))
+        else:
+            h = self.blocks(h, edge_index)
+        h = F.dropout(F.relu(self.out_norm(h)), p=self.dropout, training=self.training)
+        return self.lin(h)
+
+
+class _DEQCell(nn.Module):
+    """``f(z, x) = LayerNorm(x + GENBlock(z))``: input injection + one pre-activation GENConv."""
+
+    def __init__(self, channels: int, aggr: str, t: float, learn_t: bool, mlp_layers: int, dropout: float,
+                 edge_features: bool):
+        super().__init__()
+        self.block = GENBlock(channels, aggr, t, learn_t, mlp_layers, dropout, edge_features)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, z: Tensor, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        return self.norm(x + self.block(z, edge_index, edge_attr))
+
+
+class DEQGNN(nn.Module):
+    """DEQ-GNN (Li et al., ICML 2021, Sec. 3.3): one equilibrium GENConv block, implicit backward.
+
+    ``Z* = LayerNorm(X_enc + GENBlock(Z*))`` solved by ``solver`` (:mod:`graphscale.nn.solvers`),
+    then ``LayerNorm -> ReLU -> Dropout -> Linear``. Parameters and activation memory are those of
+    one block, whatever the effective depth (solver iterations).
+
+    Args:
+        in_channels, hidden_channels, out_channels, edge_dim, dropout, aggr, t, learn_t, mlp_layers:
+            as in :class:`RevGNN`.
+        solver, max_iter, tol: the fixed-point solve (forward and adjoint).
+        disable: unroll ``max_iter`` steps with plain autograd instead.
+
+    The last solve's statistics are on ``model.deq.stats``. Shapes as :class:`RevGNN`.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, edge_dim: int | None = None,
+                 dropout: float = 0.1, aggr: str = "softmax", t: float = 1.0, learn_t: bool = True,
+                 mlp_layers: int = 1, solver: str = "anderson", max_iter: int = 30, tol: float = 1e-3,
+                 disable: bool = False):
+        super().__init__()
+        self.dropout = dropout
+        self.node_encoder = nn.Linear(in_channels, hidden_channels)
+        self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
+        cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None)
+        self.deq = DEQBlock(cell, solver=solver, max_iter=max_iter, tol=tol, disable=disable)
+        self.out_norm = nn.LayerNorm(hidden_channels)
+        self.lin = nn.Linear(hidden_channels, out_channels)
+
+    @property
+    def stats(self) -> dict:
+        """Convergence of the last forward / backward solve (see :class:`DEQBlock`)."""
+        return self.deq.stats
+
+    def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        h = self.node_encoder(x)
+        if self.edge_encoder is not None and edge_attr is not None:
+            z = self.deq(h, edge_index, self.edge_encoder(edge_attr))
+        else:
+            z = self.deq(h, edge_index)
+        z = F.dropout(F.relu(self.out_norm(z)), p=self.dropout, training=self.training)
+        return self.lin(z)
