@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -61,8 +62,10 @@ def gcn_adjacency(edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch
     deg = torch.zeros(num_nodes, dtype=dtype).index_add_(0, dst, torch.ones(dst.numel(), dtype=dtype))
     dinv = deg.pow(-0.5)
     weight = dinv[src] * dinv[dst]
-    coo = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (num_nodes, num_nodes)).coalesce()
-    return coo.to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notices, once per call
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (num_nodes, num_nodes)).coalesce()
+        return coo.to_sparse_csr()
 
 
 def aggregate(adj: Tensor, x: Tensor) -> Tensor:
@@ -82,6 +85,14 @@ def _row_block(adj: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor, Tensor]:
     crow = adj.crow_indices()
     a, b = int(crow[r0]), int(crow[r1])
     return crow[r0:r1 + 1] - a, adj.col_indices()[a:b], adj.values()[a:b]
+
+
+def _compact_block(adj: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor]:
+    """Rows ``r0:r1`` of ``adj`` as ``(block [r1 - r0, n_src] CSR, cols [n_src])``: the columns are
+    relabelled to index ``cols``, the distinct in-neighbours of the rows."""
+    crow, col, val = _row_block(adj, r0, r1)
+    cols, inv = torch.unique(col, return_inverse=True)
+    return torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())), cols
 
 
 # --------------------------------------------------------------------------- feature storage
@@ -126,9 +137,9 @@ class FeatureStore:
         self._files: dict[int, str] = {}  # id(tensor) -> path, to delete on release
         self._count = 0
 
-    def check_fits(self, num_rows: int, width: int, what: str = "features") -> int:
+    def check_fits(self, num_rows: int, width: int, what: str = "features", dtype: torch.dtype | None = None) -> int:
         """Raise :class:`DataError` unless a ``[num_rows, width]`` buffer fits; return its bytes."""
-        nbytes = int(num_rows) * int(width) * torch.empty((), dtype=self.dtype).element_size()
+        nbytes = int(num_rows) * int(width) * torch.empty((), dtype=dtype or self.dtype).element_size()
         if self.storage == "memory":
             avail = _available_memory_bytes()
             if avail is not None and nbytes > avail:
@@ -143,17 +154,19 @@ class FeatureStore:
                                 f"folder (train.storage_dir)")
         return nbytes
 
-    def empty(self, num_rows: int, width: int, what: str = "features") -> Tensor:
-        """A new uninitialised ``[num_rows, width]`` host buffer (checked with :meth:`check_fits`)."""
-        self.check_fits(num_rows, width, what)
+    def empty(self, num_rows: int, width: int, what: str = "features", dtype: torch.dtype | None = None) -> Tensor:
+        """A new uninitialised ``[num_rows, width]`` host buffer (checked with :meth:`check_fits`) of
+        ``dtype`` (default: the store's)."""
+        dtype = dtype or self.dtype
+        self.check_fits(num_rows, width, what, dtype)
         if self.storage == "memory":
-            return torch.empty(num_rows, width, dtype=self.dtype)
+            return torch.empty(num_rows, width, dtype=dtype)
         self._count += 1
         path = os.path.join(self.folder, f"features_{os.getpid()}_{self._count}.bin")
         numel = int(num_rows) * int(width)
         with open(path, "wb") as fh:  # sparse file of the right size; pages appear when written
-            fh.truncate(numel * torch.empty((), dtype=self.dtype).element_size())
-        buf = torch.from_file(path, shared=True, size=numel, dtype=self.dtype).view(num_rows, width)
+            fh.truncate(numel * torch.empty((), dtype=dtype).element_size())
+        buf = torch.from_file(path, shared=True, size=numel, dtype=dtype).view(num_rows, width)
         self._files[id(buf)] = path
         return buf
 
@@ -189,17 +202,14 @@ def propagate(adj: Tensor, x: Tensor, out: Tensor, block_rows: int = 65_536,
     """
     n = adj.size(0)
     device = torch.device(device) if device is not None else x.device
-    whole = device == x.device and x.device.type == "cpu"
     for r0 in range(0, n, block_rows):
         r1 = min(n, r0 + block_rows)
-        crow, col, val = _row_block(adj, r0, r1)
-        if whole:  # no copy of x: columns keep their global ids
-            block = torch.sparse_csr_tensor(crow, col, val, (r1 - r0, x.size(0)))
-            out[r0:r1] = aggregate(block, x)
-        else:
-            cols, inv = torch.unique(col, return_inverse=True)
-            block = torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())).to(device)
-            out[r0:r1] = aggregate(block, x[cols].to(device)).to(out.device)
+        if device == x.device:  # x is already there: no gather, columns keep their global ids
+            crow, col, val = _row_block(adj, r0, r1)
+            out[r0:r1] = aggregate(torch.sparse_csr_tensor(crow, col, val, (r1 - r0, x.size(0))), x)
+        else:  # move only the block's in-neighbour rows
+            block, cols = _compact_block(adj, r0, r1)
+            out[r0:r1] = aggregate(block.to(device), x[cols].to(device)).to(out.device)
     return out
 
 
@@ -279,12 +289,10 @@ def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj: Tensor, batch
         out = None
         for r0 in range(0, n, batch_size):
             r1 = min(n, r0 + batch_size)
-            crow, col, val = _row_block(adj, r0, r1)
-            cols, inv = torch.unique(col, return_inverse=True)
-            block = torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())).to(device)
-            res = layer(h[cols].to(device), block, h[r0:r1].to(device))
+            block, cols = _compact_block(adj, r0, r1)
+            res = layer(h[cols].to(device), block.to(device), h[r0:r1].to(device))
             if out is None:
-                out = store.empty(n, res.size(1), what=f"layer {li + 1} activations")
+                out = store.empty(n, res.size(1), what=f"layer {li + 1} activations", dtype=res.dtype)
             out[r0:r1] = res.to(out.device)
         if h is not x:
             store.release(h)

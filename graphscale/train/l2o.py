@@ -184,7 +184,7 @@ class StopPolicy:
             self.log_probs.append(torch.log(p if stop else 1 - p).clamp_min(-30))
         else:
             stop = bool(p >= self.threshold)
-        self.trace.append({"layer": self.layer, "epoch": epoch, "p_stop": float(p), "stop": stop})
+        self.trace.append({"layer": self.layer, "epoch": epoch, "p_stop": float(p.detach()), "stop": stop})
         return stop
 
     def state(self) -> dict:
