@@ -37,7 +37,8 @@ class SharedQuantized:
     """Quantize-once cache: the same live tensor (same version) maps to one compressed copy.
 
     Entries are keyed by ``id`` and checked against a weak reference, so a recycled ``id`` never
-    returns a stale copy; an entry disappears with its tensor.
+    returns a stale copy; an entry disappears with its tensor. Callers pass intermediate activations
+    only (tensors created afresh by every forward), so a copy is never reused across steps.
     """
 
     def __init__(self):

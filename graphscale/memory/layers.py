@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphscale.memory.accounting import report_ctx
-from graphscale.memory.hooks import SharedQuantized
+from graphscale.memory.hooks import SharedQuantized, _is_leaf_storage
 from graphscale.memory.quantize import CompressionConfig, pack_codes, unpack_codes
 
 __all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinear", "qrelu", "qdropout",
@@ -37,10 +37,14 @@ __all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinea
 shared_cache = SharedQuantized()
 
 
-def stash(ctx, x: Tensor, cfg: CompressionConfig | None, project: bool = True) -> tuple[Tensor, ...]:
-    """Keep ``x`` for backward: compressed on ``ctx.stored`` (shared, reported to the accounting), or,
-    with ``cfg=None``, returned as ``(x,)`` for the caller to put last in ``save_for_backward``."""
-    if cfg is None:
+def stash(ctx, x: Tensor, cfg: CompressionConfig | None, project: bool = True,
+          is_input: bool = True) -> tuple[Tensor, ...]:
+    """Keep ``x`` for backward: compressed on ``ctx.stored`` (shared, reported to the accounting), or
+    returned as ``(x,)`` for the caller to put last in ``save_for_backward``: with ``cfg=None``, and for
+    leaves (input features): they stay alive outside autograd, so a compressed copy would only add
+    bytes and noise -- and, reused across steps, would freeze one draw of the rounding noise.
+    ``is_input=False`` marks a tensor computed inside the Function (no history, yet not a leaf input)."""
+    if cfg is None or (is_input and _is_leaf_storage(x)):
         ctx.stored = None
         return (x,)
     ctx.stored = shared_cache.get(x, cfg, project=project)
@@ -162,7 +166,7 @@ class _QLayerNormFn(torch.autograd.Function):
             out = out + bias
         ctx.x_shape, ctx.k = x.shape, k
         ctx.weight, ctx.has_bias = weight, bias is not None
-        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False))
+        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False, is_input=False))
         return out
 
     @staticmethod
@@ -199,7 +203,7 @@ class _QBatchNormFn(torch.autograd.Function):
         if bias is not None:
             out = out + bias
         ctx.weight, ctx.has_bias, ctx.batch_stats = weight, bias is not None, batch_stats
-        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False))
+        ctx.save_for_backward(rstd, *stash(ctx, x_hat, cfg, project=False, is_input=False))
         return out
 
     @staticmethod
