@@ -111,34 +111,53 @@ def _fmix32_int(h: int) -> int:
     return h
 
 
-def _key(seed: int) -> int:
-    """uint32 stream key of a seed (the Triton kernel receives the same key)."""
-    return _fmix32_int((seed & _M32) ^ _fmix32_int((seed >> 32) + 0x632BE5AB))
+def _keys(seed: int) -> tuple[int, int]:
+    """Two uint32 stream keys of a seed (the Triton kernel receives the same keys)."""
+    k1 = _fmix32_int((seed & _M32) ^ _fmix32_int((seed >> 32) + 0x632BE5AB))
+    return k1, _fmix32_int(k1 + 0x9E3779B9)
 
 
-def _mul32(h: Tensor, c: int) -> Tensor:
-    # (h * c) mod 2**32 on int64 tensors without signed overflow: split c into 16-bit halves.
-    lo, hi = c & 0xFFFF, c >> 16
-    return (h * lo + (((h * hi) & 0xFFFF) << 16)) & _M32
+# Counter hash of element index i = hi * 2**32 + lo (uint32 arithmetic, wrapping multiplies):
+#     h = fmix32(fmix32(lo ^ k1) ^ (hi * 0x9E3779B9 + k2)),     u = (h >> 8) / 2**24
+# The torch version below runs in int32 (two's-complement wrap, logical shifts by masking): int32
+# ops are vectorised on CPU, int64 multiplies are not -- measured here, 173k elements, one thread:
+# 0.04 ms per int32 multiply vs 0.57 ms per int64 multiply.
+_C1 = 0x85EBCA6B - (1 << 32)  # the fmix32 constants as signed int32
+_C2 = 0xC2B2AE35 - (1 << 32)
+_GOLD = 0x9E3779B9
+
+
+def _s32(v: int) -> int:
+    v &= _M32
+    return v - (1 << 32) if v >= (1 << 31) else v
 
 
 def _fmix32(h: Tensor) -> Tensor:
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _C1
+    h = h ^ ((h >> 13) & 0x7FFFF)
+    h = h * _C2
+    return h ^ ((h >> 16) & 0xFFFF)
 
 
 def _hash(idx: Tensor, seed: int) -> Tensor:
-    """uint32 hash (as int64) of ``(seed, idx)``; the Triton kernel computes the same function."""
-    h = _fmix32((idx & _M32) ^ _key(seed))
-    return _fmix32(h ^ (idx >> 32))
+    """uint32 hash of ``(seed, idx)`` as int32 bits; the Triton kernel computes the same function."""
+    k1, k2 = _keys(seed)
+    if idx.dtype == torch.int32:  # < 2**31 elements: hi = 0
+        return _fmix32(_fmix32(idx ^ _s32(k1)) ^ _s32(k2))
+    lo = ((idx & _M32) ^ k1).to(torch.int32)  # int64 -> int32 keeps the low 32 bits
+    hi = ((idx >> 32) * _GOLD + k2) & _M32
+    return _fmix32(_fmix32(lo) ^ hi.to(torch.int32))
+
+
+def _index(rows: int, cols: int, device) -> Tensor:
+    n = rows * cols
+    return torch.arange(n, device=device, dtype=torch.int32 if n < 2**31 else torch.int64).view(rows, cols)
 
 
 def stochastic_uniform(idx: Tensor, seed: int) -> Tensor:
-    """Uniform ``[0, 1)`` float32 noise (24 random bits) for int64 element indices ``idx``."""
-    return (_hash(idx, seed) >> 8).to(torch.float32) * 2.0 ** -24
+    """Uniform ``[0, 1)`` float32 noise (24 random bits) for integer element indices ``idx``."""
+    return ((_hash(idx, seed) >> 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,8 +264,7 @@ def rademacher(d: int, k: int, seed: int, device=None, dtype=torch.float32) -> T
 
     ``E[R R^T] = I_d``: projecting with ``R`` and back with ``R^T`` is unbiased (EXACT, Sec. 3.2).
     """
-    idx = torch.arange(d * k, device=device, dtype=torch.int64)
-    sign = (_hash(idx, seed) & 1).to(dtype) * 2 - 1
+    sign = (_hash(_index(d, k, device).view(-1), seed) & 1).to(dtype) * 2 - 1
     return (sign / math.sqrt(k)).view(d, k)
 
 
@@ -335,7 +353,7 @@ def quantize(x: Tensor, bits: int = 2, group_size: int | None = 256, seed: int |
         mn, scale, inv = _row_stats(x2d, bits)
         if _pick_backend(x, backend) == "triton":
             from graphscale_triton.quantize import quantize_pack_forward
-            packed = quantize_pack_forward(x2d, mn, inv, bits, _key(seed))
+            packed = quantize_pack_forward(x2d, mn, inv, bits, *_keys(seed))
         else:
             packed = pack_codes(_codes_reference(x2d, mn, inv, bits, seed), bits)
     return QuantizedTensor(packed, mn, scale, bits, x.shape, x.dtype, group_size, cols, seed)
@@ -343,8 +361,7 @@ def quantize(x: Tensor, bits: int = 2, group_size: int | None = 256, seed: int |
 
 def _codes_reference(x2d: Tensor, mn: Tensor, inv: Tensor, bits: int, seed: int) -> Tensor:
     R, C = x2d.shape
-    idx = torch.arange(R * C, device=x2d.device, dtype=torch.int64).view(R, C)
-    u = stochastic_uniform(idx, seed)
+    u = stochastic_uniform(_index(R, C, x2d.device), seed)
     code = torch.floor((x2d.float() - mn.float()[:, None]) * inv[:, None] + u)
     return code.clamp_(0, (1 << bits) - 1).to(torch.uint8)
 

@@ -150,12 +150,12 @@ def test_gradients_close_to_fp32_and_disable_matches():
     assert errs[8] < 0.02 and errs[4] < 0.2 and errs[2] < 0.6, errs
     assert errs[8] < errs[4] < errs[2]
     # Averaged over seeds the 2-bit weight gradient of a Linear converges to the exact one (unbiased):
-    # 64 draws shrink the error ~8x (asserted: > 3x).
+    # 32 draws shrink the error ~5.7x (asserted: > 3x).
     # (LayerNorm first: the Linear input is then an activation; the x_hat-linear LN gradients stay unbiased)
     lin = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 5)).double()
     exact = _grads(lin, x)
     compress_model(lin, bits=2)
-    avg = sum(_grads(lin, x, seed=s) for s in range(64)) / 64
+    avg = sum(_grads(lin, x, seed=s) for s in range(32)) / 32
     one = _grads(lin, x, seed=0)
     assert float((avg - exact).norm()) < float((one - exact).norm()) / 3
 

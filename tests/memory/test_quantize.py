@@ -75,6 +75,22 @@ def test_uniform_noise_is_uniform_and_counter_based():
     assert not torch.equal(u, stochastic_uniform(idx, seed=4))
 
 
+def test_hash_matches_uint32_definition():
+    # The int32 torch hash (and the Triton kernel, tested in test_quantize_triton) implement
+    # h = fmix32(fmix32(lo ^ k1) ^ (hi * 0x9E3779B9 + k2)) in wrapping uint32 arithmetic.
+    from graphscale.memory.quantize import _fmix32_int, _hash, _keys
+
+    def ref(i, seed):
+        k1, k2 = _keys(seed)
+        return _fmix32_int(_fmix32_int((i & 0xFFFFFFFF) ^ k1) ^ (((i >> 32) * 0x9E3779B9 + k2) & 0xFFFFFFFF))
+
+    idx = [0, 1, 2, 1000, 2**31 - 1, 2**31 + 5, 2**32 + 7, 3 * 2**40 + 11]
+    got = (_hash(torch.tensor(idx), 7).long() & 0xFFFFFFFF).tolist()
+    assert got == [ref(i, 7) for i in idx]
+    small = torch.arange(5000, dtype=torch.int32)
+    assert torch.equal(_hash(small, 3), _hash(small.long(), 3))  # int32 fast path == int64 path
+
+
 def test_reproducible_and_no_global_rng():
     x = torch.randn(17, 33)
     state = torch.get_rng_state()
@@ -137,13 +153,14 @@ def test_rademacher_and_projection_unbiased():
     assert torch.equal(r.abs(), torch.full((16, 4), 0.5))
     assert torch.equal(r, rademacher(16, 4, seed=9))
     # E[R R^T] = I: average over seeds.
-    acc = sum(rademacher(16, 4, seed=s) @ rademacher(16, 4, seed=s).t() for s in range(2000)) / 2000
-    assert float((acc - torch.eye(16)).abs().max()) < 0.15
+    # Entries of R R^T - I have standard deviation 1/2; the mean of 400 draws is within 5 sigma (0.125).
+    acc = sum(rademacher(16, 4, seed=s) @ rademacher(16, 4, seed=s).t() for s in range(400)) / 400
+    assert float((acc - torch.eye(16)).abs().max()) < 0.125
     torch.manual_seed(0)
     x = torch.randn(5, 24)
     p = project_quantize(x, 0.25, 8, None, seed=1)
     assert p.q.shape == (5, 6) and dequantize(p).shape == x.shape
-    n = 1000
+    n = 300
     draws = torch.stack([dequantize(project_quantize(x, 0.25, 2, 256, seed=s)) for s in range(n)])
     z = (draws.mean(0) - x).abs() / (draws.var(0) / n).sqrt()
     assert float(z.max()) < 5.0

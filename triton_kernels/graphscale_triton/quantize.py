@@ -5,7 +5,7 @@ as a contiguous ``[R, C]`` matrix (one row per node for EXACT's per-row mode, on
 ``group_size`` values for ActNN's per-group mode). Row ``r`` has a minimum ``mn[r]`` and a step
 ``scale[r]`` (16-bit floats); value ``x`` becomes the integer code
 ``floor((x - mn) * inv_scale + u)`` clamped to ``[0, 2**bits - 1]``, with ``u`` uniform in
-``[0, 1)`` drawn from a counter-based hash of ``(key, element index)`` -- unbiased stochastic
+``[0, 1)`` drawn from a counter-based hash of ``(keys, element index)`` -- unbiased stochastic
 rounding that consumes no global RNG state and is reproducible from the key. ``8 // bits`` codes
 share a byte, the first in the lowest bits.
 
@@ -40,7 +40,8 @@ def _quantize_pack_kernel(
     out_ptr,    # *uint8 [R, NB] packed codes
     C,          # columns per row
     NB,         # bytes per packed row = ceil(C / VPB)
-    key,        # uint32 stream key derived from the seed
+    key1,       # uint32 stream keys derived from the seed
+    key2,
     BITS: tl.constexpr,
     VPB: tl.constexpr,      # values per byte = 8 // BITS
     BLOCK_B: tl.constexpr,  # bytes handled by one program
@@ -56,7 +57,7 @@ def _quantize_pack_kernel(
     inv = tl.load(inv_ptr + row)
     lo = (idx & 0xFFFFFFFF).to(tl.uint32)
     hi = (idx >> 32).to(tl.uint32)
-    h = _fmix32(_fmix32(lo ^ key.to(tl.uint32)) ^ hi)
+    h = _fmix32(_fmix32(lo ^ key1.to(tl.uint32)) ^ (hi * 0x9E3779B9 + key2.to(tl.uint32)))
     u = (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # top 24 bits / 2**24: uniform in [0, 1)
     code = tl.floor((x - mn) * inv + u)
     code = tl.minimum(tl.maximum(code, 0.0), (1 << BITS) - 1.0)
@@ -97,11 +98,11 @@ def _block_bytes(nb: int) -> int:
 
 
 def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.Tensor, bits: int,
-                          key: int) -> torch.Tensor:
+                          key1: int, key2: int) -> torch.Tensor:
     """Stochastically quantize the rows of ``x2d [R, C]`` and pack them into ``uint8 [R, ceil(C*bits/8)]``.
 
-    ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key`` is a
-    uint32 stream key (the same key and input give the same codes).
+    ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key1, key2``
+    are uint32 stream keys (the same keys and input give the same codes).
     """
     assert x2d.dim() == 2 and x2d.is_contiguous()
     R, C = x2d.shape
@@ -112,7 +113,7 @@ def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.
         return out
     block = _block_bytes(nb)
     grid = (R, triton.cdiv(nb, block))
-    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key & 0xFFFFFFFF,
+    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key1 & 0xFFFFFFFF, key2 & 0xFFFFFFFF,
                                 BITS=bits, VPB=vpb, BLOCK_B=block)
     return out
 
