@@ -200,7 +200,7 @@ Episode = Callable[[StopPolicy, int], tuple[float, int]]
 
 
 def train_controller(run_episode: Episode, num_layers: int, rounds: int = 40, hidden_size: int = 16,
-                     lr: float = 0.05, time_ratio: float = 2e-3, baseline_ratio: float = 0.9,
+                     lr: float = 0.05, time_ratio: float = 1e-2, baseline_ratio: float = 0.9,
                      min_epochs: int = 10, max_epochs: int = 100, decision_step: int = 5, seed: int = 0,
                      controller: StopController | None = None, log: Callable[[dict], None] | None = None
                      ) -> StopController:
@@ -218,7 +218,9 @@ def train_controller(run_episode: Episode, num_layers: int, rounds: int = 40, hi
         rounds: episodes.
         hidden_size: controller width (when ``controller`` is None).
         lr: controller Adam learning rate (paper: 0.05).
-        time_ratio: cost per epoch in units of training loss.
+        time_ratio: cost per epoch in units of training loss. Measured on Cora episodes (1024-node
+            subgraphs, 2 layers, max 100 epochs each): 2e-3 learns to run every layer to the maximum,
+            1e-2 stops layers once their loss flattens (~75 of 200 epochs).
         baseline_ratio: baseline moving-average factor (paper: 0.9).
         min_epochs, max_epochs, decision_step: per-layer schedule bounds.
         seed: seeds initialisation and action draws.

@@ -1,0 +1,385 @@
+"""Layer-wise training (L-GCN / L2-GCN) vs full-batch GCN vs Cluster-GCN: time to the full-batch
+accuracy, and memory, on the same graph in one run.
+
+Question: does layer-wise training (You, Chen, Wang, Shen, CVPR 2020) reach the accuracy of the same
+GCN trained full-batch faster and in less memory, and does the learned controller (L2-GCN) cut the
+time further?
+
+Per data set, every method runs in a fresh process (peak RSS of its own, through
+:func:`graphscale.memory.accounting.peak_rss_subprocess`) and reports:
+
+* the training-time curve of (seconds, valid, test): the clock stops during evaluation, so all
+  methods are timed on training work only (L-GCN's aggregations and forward maps are included;
+  Cluster-GCN's partitioning is included; building ``A_hat`` once is excluded for all);
+* ``target``: the full-batch GCN's best validation accuracy minus ``--tol``; ``time_to_target``: the
+  first training time at which a method's full-depth model scores at least that on validation;
+* exact bytes autograd saves for one training step (``count_saved_bytes``), and the peak RSS growth
+  of the process (data loading included, the same for every method).
+
+L2-GCN's controller is trained once on the first data set (REINFORCE on sampled subgraphs; its time
+is reported as ``controller_seconds``) and reused unchanged on the others, as the paper does.
+
+Methods: ``full`` (the same :class:`LayerwiseGCN` trained end to end on the whole graph), ``lgcn``,
+``l2gcn``, ``cluster`` (Cluster-GCN batches of :mod:`graphscale.sampling.cluster` with PyG GCN
+layers, when that module is present).
+
+Usage::
+
+    python benchmarks/bench_layerwise.py --datasets cora citeseer synthetic-arxiv:100000
+    python benchmarks/bench_layerwise.py --datasets synthetic-arxiv:1000000 --methods full lgcn l2gcn
+
+Writes ``benchmarks/results/layerwise.csv`` (one row per data set x method) and
+``benchmarks/results/layerwise.json`` (rows + curves), tagged with device and versions; ``--tag``
+adds a suffix to the file names.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# Per data set: hidden width, layers, and each method's schedule. Full-batch GCN uses dropout 0.5 and
+# weight decay 5e-4 (Kipf & Welling's Cora settings); layer-wise settings are configs/cora/lgcn.yaml's.
+SETTINGS = {
+    "planetoid": dict(hidden=64, layers=2, lr=0.01, weight_decay=5e-4, full_epochs=200, full_dropout=0.5,
+                      lw_dropout=0.2, layer_epochs=100, batch_size=256, eval_every=5, cluster_parts=10,
+                      cluster_q=2, cluster_epochs=200, l2o_sample_nodes=1024),
+    "synthetic": dict(hidden=128, layers=2, lr=0.01, weight_decay=0.0, full_epochs=200, full_dropout=0.5,
+                      lw_dropout=0.2, layer_epochs=40, batch_size=1024, eval_every=2, cluster_parts=50,
+                      cluster_q=5, cluster_epochs=60, l2o_sample_nodes=2048),
+}
+
+
+def _settings(name: str) -> dict:
+    return dict(SETTINGS["planetoid" if name in ("cora", "citeseer", "pubmed") else "synthetic"])
+
+
+def _load(name: str, root: str):
+    from graphscale.data import SyntheticSpec, load_dataset
+    if name.startswith("synthetic-arxiv"):
+        n = int(float(name.split(":")[1])) if ":" in name else 100_000
+        return load_dataset("synthetic-arxiv", root, synthetic=SyntheticSpec(
+            kind="arxiv", num_nodes=n, avg_degree=20.0, num_communities=50, num_features=128, num_classes=40))
+    return load_dataset(name, os.path.join(REPO, "..", "shared", "data", "planetoid"))
+
+
+class Clock:
+    """Training time with the clock stopped while evaluating."""
+
+    def __init__(self):
+        self.total, self.start = 0.0, None
+
+    def go(self):
+        self.start = time.perf_counter()
+
+    def stop(self) -> float:
+        self.total += time.perf_counter() - self.start
+        self.start = None
+        return self.total
+
+
+def _acc(logits, y) -> float:
+    return float((logits.argmax(-1) == y).float().mean())
+
+
+# --------------------------------------------------------------------------- methods (child process)
+def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int = 0,
+               controller_path: str = "") -> dict:
+    """One (data set, method) run; returns summary + curve (runs inside peak_rss_subprocess)."""
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    from graphscale.memory.accounting import count_saved_bytes
+    from graphscale.sampling.layerwise import gcn_adjacency
+    from graphscale.train.metrics import loss_fn
+
+    s = _settings(dataset)
+    data = _load(dataset, root)
+    x, y, split = data.x, data.y, data.split
+    adj = gcn_adjacency(data.edge_index, data.num_nodes)
+    loss = loss_fn(data.task)
+    torch.manual_seed(seed)
+    out = {"dataset": dataset, "method": method, "num_nodes": data.num_nodes, "num_edges": data.num_edges,
+           "num_train": int(split["train"].numel())}
+    curve = []
+    if method == "full":
+        out.update(_run_full(data, adj, s, loss, curve, count_saved_bytes))
+    elif method in ("lgcn", "l2gcn"):
+        out.update(_run_layerwise(data, adj, s, loss, curve, count_saved_bytes, method == "l2gcn", controller_path,
+                                  seed))
+    elif method == "cluster":
+        out.update(_run_cluster(data, s, loss, curve, count_saved_bytes, seed))
+    else:
+        raise ValueError(method)
+    out["curve"] = curve
+    return out
+
+
+def _run_full(data, adj, s, loss, curve, count_saved_bytes) -> dict:
+    from graphscale.train.layerwise import LayerwiseGCN
+    x, y, split = data.x, data.y, data.split
+    tr = split["train"]
+    model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, s["layers"], s["full_dropout"])
+    opt = torch.optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+    clock, step_bytes = Clock(), None
+    for epoch in range(1, s["full_epochs"] + 1):
+        clock.go()
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        if step_bytes is None:
+            with count_saved_bytes(exclude=model) as c:
+                value = loss(model.forward_adj(x, adj)[tr], y[tr])
+            step_bytes = c.total
+        else:
+            value = loss(model.forward_adj(x, adj)[tr], y[tr])
+        value.backward()
+        opt.step()
+        t = clock.stop()
+        model.eval()
+        with torch.no_grad():
+            logits = model.forward_adj(x, adj)
+        curve.append({"seconds": t, "epoch": epoch, "loss": float(value),
+                      "valid": _acc(logits[split["valid"]], y[split["valid"]]),
+                      "test": _acc(logits[split["test"]], y[split["test"]])})
+    return {"step_saved_bytes": step_bytes, "epochs": s["full_epochs"]}
+
+
+def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, controller_path: str,
+                   seed: int) -> dict:
+    from graphscale.sampling.layerwise import FeatureStore, map_rows, propagate
+    from graphscale.train.l2o import NUM_FEATURES, StopPolicy, load_controller, save_controller, train_controller
+    from graphscale.train.layerwise import FixedEpochs, LayerSettings, LayerwiseGCN, gcn_episode, train_layer
+
+    x, y, split = data.x, data.y, data.split
+    L, n = s["layers"], data.num_nodes
+    extra = {"controller_seconds": 0.0}
+    if learned:
+        if controller_path and os.path.isfile(controller_path):
+            ctrl = load_controller(controller_path, NUM_FEATURES)
+            extra["controller_from"] = os.path.basename(controller_path)
+        else:
+            t0 = time.perf_counter()
+            episode = gcn_episode(x, data.edge_index, y, split["train"], loss, L, s["hidden"],
+                                  s["l2o_sample_nodes"], s["lr"], seed)
+            ctrl = train_controller(episode, L, rounds=40, hidden_size=16, max_epochs=s["layer_epochs"],
+                                    min_epochs=10, decision_step=5, time_ratio=1e-2, seed=seed)
+            extra["controller_seconds"] = time.perf_counter() - t0
+            extra["controller_from"] = data.name
+            if controller_path:
+                save_controller(ctrl, controller_path)
+        stopper = StopPolicy(ctrl, L, min_epochs=10, max_epochs=s["layer_epochs"], decision_step=5, threshold=0.5)
+    else:
+        stopper = FixedEpochs(s["layer_epochs"])
+    model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, L, s["lw_dropout"])
+    settings = LayerSettings(s["batch_size"], s["lr"], s["weight_decay"], seed=seed)
+    store = FeatureStore("memory")
+    clock, h, total_epochs, used = Clock(), x, 0, []
+    step_bytes = {}
+    for layer in range(L):
+        clock.go()
+        z = store.empty(n, h.size(1))
+        propagate(adj, h, z)
+
+        def on_epoch(epoch, mean, layer=layer, z=z):
+            nonlocal total_epochs
+            total_epochs += 1
+            if layer == L - 1 and epoch % s["eval_every"] == 0:
+                t = clock.stop()
+                model.eval()
+                with torch.no_grad():
+                    row = {"seconds": t, "epoch": total_epochs, "loss": mean}
+                    for key in ("valid", "test"):
+                        idx = split[key]
+                        row[key] = _acc(model.head(model.block(layer, z[idx])), y[idx])
+                curve.append(row)
+                model.train()
+                clock.go()
+
+        if layer == 0:  # exact saved bytes of one step: a separate one-step run, clock stopped
+            clock.stop()
+            probe = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, L, s["lw_dropout"])
+            with count_saved_bytes(exclude=probe) as c:
+                train_layer(probe, 0, z, y, split["train"][:s["batch_size"]], loss, FixedEpochs(1),
+                            LayerSettings(s["batch_size"], s["lr"]))
+            step_bytes = c.total
+            clock.go()
+        epochs, _ = train_layer(model, layer, z, y, split["train"], loss, stopper, settings, "cpu", on_epoch)
+        used.append(epochs)
+        if layer < L - 1:
+            nxt = store.empty(n, s["hidden"])
+            model.eval()
+            map_rows(lambda r, layer=layer: model.block(layer, r), z, nxt)
+            h = nxt
+        if clock.start is not None:
+            clock.stop()
+    last = curve[-1] if curve else None
+    if last is None or last["epoch"] != total_epochs:  # score the final model
+        model.eval()
+        with torch.no_grad():
+            row = {"seconds": clock.total, "epoch": total_epochs, "loss": float("nan")}
+            for key in ("valid", "test"):
+                idx = split[key]
+                row[key] = _acc(model.head(model.block(L - 1, z[idx])), y[idx])
+        curve.append(row)
+    return {"step_saved_bytes": step_bytes, "epochs": total_epochs, "layer_epochs_used": used, **extra}
+
+
+def _run_cluster(data, s, loss, curve, count_saved_bytes, seed) -> dict:
+    from graphscale.nn.models import GCN
+    from graphscale.sampling.cluster import build_cluster_sampler
+    from graphscale.sampling.partition import PARTITIONERS
+
+    x, y, split = data.x, data.y, data.split
+    train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+    train_mask[split["train"]] = True
+    clock = Clock()
+    clock.go()
+    partitioner = "metis" if "metis" in PARTITIONERS else "random"
+    sampler = build_cluster_sampler(data.edge_index, data.num_nodes, s["cluster_parts"], s["cluster_q"],
+                                    partitioner=partitioner, seed=seed)
+    partition_seconds = clock.stop()
+    model = GCN(x.size(1), s["hidden"], data.num_outputs, s["layers"], s["full_dropout"])
+    opt = torch.optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+    step_bytes = 0
+    for epoch in range(1, s["cluster_epochs"] + 1):
+        clock.go()
+        model.train()
+        last = 0.0
+        for sub in sampler.epoch(epoch):
+            mask = train_mask[sub.node_ids]
+            if not mask.any():
+                continue
+            opt.zero_grad(set_to_none=True)
+            with count_saved_bytes(exclude=model) as c:
+                value = loss(model(x[sub.node_ids], sub.edge_index)[mask], y[sub.node_ids][mask])
+            step_bytes = max(step_bytes, c.total)
+            value.backward()
+            opt.step()
+            last = float(value)
+        t = clock.stop()
+        model.eval()
+        with torch.no_grad():
+            logits = model(x, data.edge_index)
+        curve.append({"seconds": t, "epoch": epoch, "loss": last,
+                      "valid": _acc(logits[split["valid"]], y[split["valid"]]),
+                      "test": _acc(logits[split["test"]], y[split["test"]])})
+    return {"step_saved_bytes": step_bytes, "epochs": s["cluster_epochs"], "partition_seconds": partition_seconds,
+            "partitioner": partitioner}
+
+
+# --------------------------------------------------------------------------- driver
+def _versions() -> dict:
+    import numpy
+    import torch_geometric
+    return {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def _device() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+
+
+def summarise(rows: list[dict], tol: float) -> None:
+    """Add target / time_to_target / final scores / ratios vs full-batch to the rows of one data set."""
+    full = next((r for r in rows if r["method"] == "full"), None)
+    target = max(p["valid"] for p in full["curve"]) - tol if full else None
+    for r in rows:
+        curve = r["curve"]
+        best = max(curve, key=lambda p: p["valid"])
+        r["best_valid"], r["test_at_best_valid"] = best["valid"], best["test"]
+        r["final_valid"], r["final_test"] = curve[-1]["valid"], curve[-1]["test"]
+        r["train_seconds"] = curve[-1]["seconds"]
+        r["target_valid"] = target
+        hit = next((p for p in curve if target is not None and p["valid"] >= target), None)
+        r["time_to_target"] = hit["seconds"] if hit else None
+        r["test_at_target"] = hit["test"] if hit else None
+    if full:
+        for r in rows:
+            if r["time_to_target"] and full["time_to_target"]:
+                r["speedup_vs_full"] = full["time_to_target"] / r["time_to_target"]
+            r["saved_bytes_ratio_vs_full"] = r["step_saved_bytes"] / full["step_saved_bytes"]
+
+
+def main(argv=None) -> int:
+    from graphscale.memory.accounting import peak_rss_subprocess
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["cora", "citeseer", "synthetic-arxiv:100000"])
+    p.add_argument("--methods", nargs="+", default=["full", "lgcn", "l2gcn", "cluster"])
+    p.add_argument("--root", default=os.path.join(REPO, "data"), help="where synthetic sets are written")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: the machine is shared)")
+    p.add_argument("--tol", type=float, default=0.01, help="target = full-batch best valid accuracy - tol")
+    p.add_argument("--controller", default=os.path.join(HERE, "results", "layerwise_controller.pt"),
+                   help="L2-GCN controller file: trained on the first data set if missing, then reused")
+    p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--timeout", type=float, default=3600)
+    args = p.parse_args(argv)
+
+    try:
+        import graphscale.sampling.cluster  # noqa: F401
+    except ImportError:
+        args.methods = [m for m in args.methods if m != "cluster"]
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    env = {"PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    meta = {"device": _device(), "versions": _versions(), "threads": args.threads,
+            "note": "measured on a 2-core machine shared with other jobs: timings are noisy, byte counts exact",
+            "command": "python benchmarks/bench_layerwise.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    all_rows = []
+    for ds in args.datasets:
+        rows = []
+        for m in args.methods:
+            t0 = time.perf_counter()
+            res = peak_rss_subprocess("bench_layerwise:run_method",
+                                      {"dataset": ds, "method": m, "root": args.root, "threads": args.threads,
+                                       "controller_path": args.controller}, timeout=args.timeout, env=env)
+            row = res["result"]
+            row["peak_rss_bytes"], row["base_rss_bytes"] = res["peak_rss"], res["base_rss"]
+            row["peak_rss_growth_bytes"] = res["peak_rss"] - res["base_rss"]
+            row["wall_seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"{ds} {m}: {row['curve'][-1]['seconds']:.1f} s train, valid {max(q['valid'] for q in row['curve']):.4f}",
+                  flush=True)
+        summarise(rows, args.tol)
+        for r in rows:
+            print(f"  {ds:>24} {r['method']:>8}: test@best-valid {r['test_at_best_valid']:.4f} final test "
+                  f"{r['final_test']:.4f}  time-to-target {r['time_to_target']}  train {r['train_seconds']:.1f} s  "
+                  f"step saved {r['step_saved_bytes'] / 2**20:.2f} MiB  RSS growth "
+                  f"{r['peak_rss_growth_bytes'] / 2**20:.0f} MiB", flush=True)
+        all_rows += rows
+
+    suffix = f"_{args.tag}" if args.tag else ""
+    fields = ["dataset", "method", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
+              "train_seconds", "controller_seconds", "controller_from", "partition_seconds", "target_valid",
+              "time_to_target", "speedup_vs_full", "test_at_target", "best_valid", "test_at_best_valid",
+              "final_valid", "final_test", "step_saved_bytes", "saved_bytes_ratio_vs_full", "peak_rss_bytes",
+              "peak_rss_growth_bytes", "wall_seconds"]
+    with open(os.path.join(HERE, "results", f"layerwise{suffix}.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields + ["device", "torch", "threads"])
+        for r in all_rows:
+            w.writerow([r.get(f, "") for f in fields] + [meta["device"], meta["versions"]["torch"], args.threads])
+    with open(os.path.join(HERE, "results", f"layerwise{suffix}.json"), "w") as fh:
+        json.dump({"meta": meta, "rows": all_rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
