@@ -1,0 +1,134 @@
+"""The pure-torch reference (the specification) against PyG's scatter / SoftmaxAggregation, an
+independent implementation, plus gradcheck of every reference autograd Function in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn.aggr import SoftmaxAggregation
+from torch_geometric.utils import scatter
+
+from graphscale.ops import CSR, reference, softmax_aggr, spmm
+
+REDUCES = ["sum", "mean", "max", "min"]
+
+
+def _pyg_spmm(ei, x, w, reduce, n):
+    msg = x[ei[0]] if w is None else x[ei[0]] * w[:, None]
+    return scatter(msg, ei[1], 0, dim_size=n, reduce=reduce)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_spmm_matches_pyg(graph, tol, reduce, weighted, dtype):
+    ei = graph(11, 37)
+    x = torch.randn(11, 7, dtype=dtype, requires_grad=True)
+    w = torch.randn(ei.size(1), dtype=dtype, requires_grad=True) if weighted else None
+    adj = CSR.from_edge_index(ei, 11, w)
+    out = spmm(adj, x, reduce, backend="torch")
+    ref = _pyg_spmm(ei, x, w, reduce, 11)
+    torch.testing.assert_close(out, ref, **tol[dtype])
+    assert out[3].abs().sum() == 0 and out[10].abs().sum() == 0  # empty row / isolated node: zeros
+    go = torch.randn_like(out)
+    inputs = (x, w) if weighted else (x,)
+    for a, b in zip(torch.autograd.grad(out, inputs, go, retain_graph=True), torch.autograd.grad(ref, inputs, go)):
+        torch.testing.assert_close(a, b, **tol[dtype])
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_spmm_gradcheck(graph, reduce):
+    ei = graph(9, 23, seed=1)
+    x = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(ei.size(1), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: spmm(CSR.from_edge_index(ei, 9, w), x, reduce, backend="torch"),
+                                    (x, w))
+
+
+def test_spmm_bipartite_and_sparse_input(graph, tol):
+    ei = graph(8, 30, num_src=13)
+    x = torch.randn(13, 5)
+    adj = CSR.from_edge_index(ei, (13, 8))
+    out = spmm(adj, x, "sum")
+    torch.testing.assert_close(out, _pyg_spmm(ei, x, None, "sum", 8), **tol[torch.float32])
+    adj_t = torch.sparse_coo_tensor(ei.flip(0), torch.ones(ei.size(1)), (8, 13))  # PyG adj_t layout
+    torch.testing.assert_close(spmm(CSR.from_sparse(adj_t), x, "sum"), out, **tol[torch.float32])
+
+
+def test_max_ties_go_to_first_edge():
+    # three edges into node 0 carry the same value: the gradient goes to the first (CSR order).
+    ei = torch.tensor([[1, 2, 1], [0, 0, 0]])
+    x = torch.ones(3, 2, requires_grad=True)
+    w = torch.ones(3, requires_grad=True)
+    out = spmm(CSR.from_edge_index(ei, 3), x, "max", w)
+    out.sum().backward()
+    assert w.grad.tolist() == [2.0, 0.0, 0.0]
+    assert x.grad[1].tolist() == [1.0, 1.0] and x.grad[2].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("reduce", ["max", "min"])
+def test_max_fallback_matches_fast_path(graph, monkeypatch, reduce):
+    ei = graph(11, 37)
+    x = torch.randn(11, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ei.size(1), dtype=torch.float64, requires_grad=True)
+    adj = CSR.from_edge_index(ei, 11)
+    fast = spmm(adj, x, reduce, w[adj.perm])
+    monkeypatch.setattr(reference, "_MM_REDUCE", None)
+    slow = spmm(adj, x, reduce, w[adj.perm])
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    go = torch.randn_like(fast)
+    for a, b in zip(torch.autograd.grad(fast, (x, w), go), torch.autograd.grad(slow, (x, w), go)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_ea", [False, True])
+def test_softmax_matches_pyg(graph, tol, dtype, with_ea):
+    ei = graph(11, 37, seed=2)
+    x = torch.randn(11, 7, dtype=dtype, requires_grad=True)
+    ea = torch.randn(ei.size(1), 7, dtype=dtype, requires_grad=True) if with_ea else None
+    agg = SoftmaxAggregation(t=0.7, learn=True).to(dtype)
+    adj = CSR.from_edge_index(ei, 11)
+    out = softmax_aggr(adj, x, agg.t, adj.edge_order(ea), backend="torch")
+    msg = (x[ei[0]] if ea is None else x[ei[0]] + ea).relu() + 1e-7
+    ref = agg(msg, ei[1], dim_size=11)
+    torch.testing.assert_close(out, ref, **tol[dtype])
+    assert out[3].abs().sum() == 0 and out[10].abs().sum() == 0
+    go = torch.randn_like(out)
+    inputs = [x, agg.t] + ([ea] if with_ea else [])
+    for a, b in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
+        torch.testing.assert_close(a, b, **tol[dtype])
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_softmax_gradcheck(graph, relu):
+    ei = graph(9, 23, seed=3)
+    adj = CSR.from_edge_index(ei, 9)
+    x = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    ea = torch.randn(adj.num_edges, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, ea, t: softmax_aggr(adj, x, t, ea, relu=relu, eps=1e-3,
+                                                                  backend="torch"), (x, ea, t))
+
+
+def test_half_precision_computes_in_float32(graph):
+    ei = graph(11, 37)
+    x = torch.randn(11, 5)
+    adj = CSR.from_edge_index(ei, 11)
+    for reduce in REDUCES:
+        out = spmm(adj, x.bfloat16(), reduce)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), spmm(adj, x.bfloat16().float(), reduce), rtol=1e-2, atol=1e-2)
+
+
+def test_saved_tensors_are_visible_to_hooks(graph):
+    # Activation compression hooks what autograd saves: the Functions must save through
+    # save_for_backward, never stash activations on ctx.
+    adj = CSR.from_edge_index(graph(11, 37), 11)
+    x = torch.randn(11, 5, requires_grad=True)
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        spmm(adj, x, "max").sum().backward()
+        softmax_aggr(adj, x, torch.ones(1, requires_grad=True)).sum().backward()
+    assert any(t is x for t in seen)                     # both save x
+    assert any(t.dtype == torch.long and t.shape == (11, 5) for t in seen)  # max's arg
+    assert sum(t.shape == (11, 5) and t.is_floating_point() for t in seen) >= 3  # x, out, lse
