@@ -124,6 +124,19 @@ class TrainConfig:
     eval_every: int = _doc(1, "evaluate every N epochs (and at the last)")
     checkpoint_every: int = _doc(1, "write a checkpoint every N epochs (and at the last)")
     patience: int = _doc(0, "stop after N evaluations without a better validation score (0 = off)")
+    # Multi-process data parallel (torchrun / --nproc; graphscale.train.distributed, docs/distributed.md).
+    grad_accum: int = _doc(1, "sampler steps per optimiser step, gradients averaged (global batch = "
+                           "nproc x grad_accum steps)")
+    dist_timeout: float = _doc(600.0, "distributed: seconds before a rendezvous or collective that waits "
+                               "on a missing rank fails")
+    ddp_static_graph: bool = _doc(True, "DDP static_graph: the same parameters are used every step (handles "
+                                  "unused parameters and recomputation inside backward)")
+    ddp_find_unused: bool = _doc(False, "DDP find_unused_parameters (only for models whose used parameters "
+                                 "change between steps; needs ddp_static_graph=false)")
+    comm_hook: str = _choice("none", "none", "powersgd", "signsgd", doc="gradient communication: plain "
+                             "all-reduce, PowerSGD low-rank, or 1-bit sign with error feedback")
+    powersgd_rank: int = _doc(1, "powersgd: rank of the gradient factors")
+    powersgd_start_iter: int = _doc(10, "powersgd: plain all-reduce steps before compression starts")
     # Layer-wise training (L-GCN / L2-GCN, graphscale.train.layerwise; docs/layerwise.md).
     mode: str = _choice("standard", "standard", "layerwise", doc="standard: end-to-end training; layerwise: "
                         "L-GCN (one layer at a time on aggregated features, no graph in the loop)")
