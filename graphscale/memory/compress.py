@@ -76,6 +76,32 @@ if _PyGLinear is not None:
         return QPyGLinear.convert(m, cfg)
     register_compressed(_PyGLinear, _pyg_linear)
 
+_HOOKED: dict[type, type] = {}
+
+
+def _hooked_class(cls: type) -> type:
+    """``cls`` whose forward runs inside :func:`compressed_activations` (the scoped hooks fallback)."""
+    if cls not in _HOOKED:
+        def forward(self, *args, **kwargs):
+            c = self.compression
+            if c is None or not (self.training and torch.is_grad_enabled()):
+                return cls.forward(self, *args, **kwargs)
+            with compressed_activations(c.bits, c.group_size, backend=c.backend):
+                return cls.forward(self, *args, **kwargs)
+
+        _HOOKED[cls] = type(f"Hooked{cls.__name__}", (_Compressed, cls),
+                            {"forward": forward, "__module__": __name__,
+                             "__doc__": f"{cls.__name__} whose saved activations are quantized by saved-tensor "
+                                        f"hooks during its forward (compress_model(..., hooks_fallback=True))."})
+    return _HOOKED[cls]
+
+
+def _hooked(m: nn.Module, cfg: CompressionConfig | None) -> nn.Module:
+    if cfg is not None and cfg.kept_frac < 1.0:  # the hooks never project (see graphscale.memory.hooks)
+        cfg = CompressionConfig(cfg.bits, cfg.group_size, 1.0, cfg.backend)
+    return _hooked_class(type(m)).convert(m, cfg)
+
+
 # Modules that hold no float activations of their own (containers, identity, index-only aggregations).
 _PASSTHROUGH = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
 _PASSTHROUGH_NAMES = {"SumAggregation", "MeanAggregation", "MultiAggregation"}
@@ -131,7 +157,7 @@ def _resolve(preset, bits, group_size, kept_frac, norms, disable):
 
 def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256, kept_frac: float = 1.0,
                    preset: str | None = None, norms: bool = True, strict: bool = False, disable: bool = False,
-                   backend: str | None = None) -> nn.Module:
+                   backend: str | None = None, hooks_fallback: bool = False) -> nn.Module:
     """Replace ``model``'s supported layers by activation-compressed twins, in place; returns the model.
 
     Supported (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally projected),
@@ -153,6 +179,11 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
         disable: swap the layers but store activations exactly (the off switch; same modules, same
             results as the original up to floating-point reassociation).
         backend: quantization backend ('torch' | 'triton' | 'auto').
+        hooks_fallback: cover the modules that have no replacement (those :func:`find_uncompressed`
+            lists, e.g. PyG message-passing layers and their aggregations) with saved-tensor hooks
+            scoped to their forward: every float tensor they save is quantized (no projection, no
+            1-bit masks; see :mod:`graphscale.memory.hooks` for the caveat). Functional calls in a
+            module's own forward that is not listed still stay uncompressed.
     """
     cfg, norms, disable = _resolve(preset, bits, group_size, kept_frac, norms, disable)
     if cfg is not None and backend is not None:
@@ -165,9 +196,13 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
         if isinstance(m, _Compressed):
             is_norm = isinstance(m, (QLayerNorm, QBatchNorm1d))
             m.compression = use if (norms or not is_norm) else None
+            if type(m) in _HOOKED.values() and use is not None and use.kept_frac < 1.0:
+                m.compression = CompressionConfig(use.bits, use.group_size, 1.0, use.backend)
             return m
         entry = _REPLACEMENTS.get(type(m))
         if entry is None:
+            if hooks_fallback and not _is_passthrough(m) and _does_own_work(m):
+                return _hooked(m, use)
             return m
         fn, is_norm = entry
         if is_norm and not norms:
@@ -187,8 +222,8 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
     if left:
         listing = ", ".join(f"{n} ({c})" for n, c in left)
         msg = (f"compress_model left {len(left)} module(s) uncompressed (their saved activations stay "
-               f"full precision): {listing}. Use hook_compression(model) / compressed_activations() to "
-               f"cover them, register_compressed() to add a replacement, or strict=False to accept.")
+               f"full precision): {listing}. Use hooks_fallback=True (or hook_compression(model)) to cover "
+               f"them, register_compressed() to add a replacement, or strict=False to accept.")
         if strict:
             raise UncompressedLayersError(msg)
         warnings.warn(msg, stacklevel=2)

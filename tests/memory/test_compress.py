@@ -215,6 +215,32 @@ def test_pyg_conv_linear_compressed():
     assert conv.lin.weight.grad is not None and out.shape == (4, 8)
 
 
+def test_hooks_fallback_covers_message_passing():
+    from torch_geometric.nn import GENConv
+    torch.manual_seed(0)
+    conv = GENConv(16, 16, aggr="softmax", learn_t=True)
+    x = torch.randn(200, 16, requires_grad=True)
+    ei = torch.randint(0, 200, (2, 1500))
+    conv(x, ei)  # warm-up (the first call saves a few extra small tensors)
+    with count_saved_bytes(exclude=[*conv.parameters(), x, ei]) as full:
+        conv(x, ei)
+    torch.manual_seed(1)
+    ref = torch.autograd.grad(conv(x, ei).pow(2).sum(), [x, *conv.parameters()])
+    conv = compress_model(conv, bits=8, hooks_fallback=True, strict=True)  # a root is returned converted
+    assert type(conv).__name__ == "HookedGENConv" and find_uncompressed(conv) == []
+    with count_saved_bytes(exclude=[*conv.parameters(), x, ei]) as comp:
+        conv(x, ei)
+    assert full.total / comp.total > 3.0  # 8 bits: < 1/4 of the float32 bytes (+ statistics, indices)
+    got = torch.autograd.grad(conv(x, ei).pow(2).sum(), [x, *conv.parameters()])
+    for a, b in zip(got, ref):
+        assert float((a - b).norm() / b.norm()) < 0.05
+    compress_model(conv, disable=True)
+    with count_saved_bytes(exclude=[*conv.parameters(), x, ei]) as off:
+        conv(x, ei)
+    # Off = exact storage; the swapped BatchNorm keeps only rstd (torch's also keeps mean and invstd).
+    assert 0 <= full.total - off.total <= 3 * 32 * 4
+
+
 # --------------------------------------------------------------------------------------------
 def test_hooks_context_bytes_and_kept_tensors():
     torch.manual_seed(0)
