@@ -1,3 +1,4 @@
+from graphscale.nn.conv import GCNConv, GENConv, SAGEConv
 from graphscale.nn.deq import DEQBlock, DEQConvergenceWarning
 from graphscale.nn.reversible import GroupRevBlock, RevStack, SeededRNG, run_reversible
 from graphscale.nn.solvers import SOLVERS, get_solver, register_solver
