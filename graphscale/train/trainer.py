@@ -17,6 +17,7 @@ Files in ``log.out``: ``config.yaml`` (resolved), ``checkpoint.pt``, ``best_mode
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from graphscale.errors import ConfigError, TrainingError
 from graphscale.sampling.partition import check_num_parts, partition
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
+from graphscale.train import distributed
 from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler
 from graphscale.train.checkpoint import load_torch, save_json, save_text, save_torch
 from graphscale.train.config import Config, to_dict
@@ -52,6 +54,8 @@ def check_config(cfg: Config) -> None:
         (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
         (t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"),
         (t.patience >= 0, f"train.patience must be >= 0, got {t.patience}"),
+        (t.grad_accum >= 1, f"train.grad_accum must be >= 1, got {t.grad_accum}"),
+        (t.dist_timeout > 0, f"train.dist_timeout must be > 0 seconds, got {t.dist_timeout}"),
         (s.num_parts >= 1, f"sampler.num_parts must be >= 1, got {s.num_parts}"),
         (s.eval_parts >= 1, f"sampler.eval_parts must be >= 1, got {s.eval_parts}"),
         (s.eval_views >= 1, f"sampler.eval_views must be >= 1, got {s.eval_views}"),
@@ -119,18 +123,34 @@ class Trainer:
         check_config(cfg)
         self.cfg, self.resume = cfg, resume
         self.out = cfg.log.out
-        self.device = resolve_device(cfg.train.device)
-        ckpt = os.path.join(self.out, CHECKPOINT)
-        if resume and not os.path.isfile(ckpt):
-            raise ConfigError(f"--resume: no checkpoint at {ckpt!r}")
-        if not resume and os.path.isfile(ckpt):
-            raise ConfigError(f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
-                              f"or choose another output folder (--out / log.out=...)")
+        # Under torchrun: join the process group (None in a 1-process job; docs/distributed.md).
+        self.dist = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
+        self.rank, self.world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+        self.is_main = self.rank == 0
+        try:
+            self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
+            ckpt = os.path.join(self.out, CHECKPOINT)
+            error = None
+            if resume and not os.path.isfile(ckpt):
+                error = f"--resume: no checkpoint at {ckpt!r}"
+            if not resume and os.path.isfile(ckpt):
+                error = (f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
+                         f"or choose another output folder (--out / log.out=...)")
+            if self.dist:  # every rank checks, then all stop together (before rank 0 writes anything)
+                distributed.check_same_config(to_dict(cfg))
+                distributed.agree(error)
+            elif error:
+                raise ConfigError(error)
+        except BaseException:
+            if self.dist:
+                self.dist.destroy()
+            raise
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
-        self.data = data = load_data(cfg)
+        with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
+            self.data = data = load_data(cfg)
         if cfg.sampler.name != "full":
             check_num_parts(cfg.sampler.num_parts, data.num_nodes)
         if cfg.sampler.eval_name != "full":
@@ -149,45 +169,72 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
-        self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache)
+        with distributed.main_first():  # rank 0 computes and caches the partition, the others read it
+            self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache)
+        self.train_model, self.comm_stats = self.model, None
+        if self.dist:
+            t = cfg.train
+            self.train_model, self.comm_stats = distributed.wrap_model(
+                self.model, self.dist, static_graph=t.ddp_static_graph, find_unused=t.ddp_find_unused,
+                comm_hook=t.comm_hook, powersgd_rank=t.powersgd_rank, powersgd_start_iter=t.powersgd_start_iter,
+                seed=t.seed)
         self.metric = Metric(data.metric, data.task, data.evaluator)
         self.loss = loss_fn(data.task)
 
     # ------------------------------------------------------------------ steps
-    def _forward(self, sub: Subgraph) -> torch.Tensor:
+    def _forward(self, sub: Subgraph, model=None) -> torch.Tensor:
+        model = self.model if model is None else model  # the DDP wrapper when training distributed
         dev = self.device
         x = self.x[sub.node_ids.to(dev)]
         ei = sub.edge_index.to(dev)
         ea = self.edge_attr[sub.edge_ids.to(dev)] if self.edge_attr is not None else None
         weight = getattr(sub, "edge_weight", None)
         if weight is not None:
-            return self.model(x, ei, ea, edge_weight=weight.to(dev))
-        return self.model(x, ei, ea)
+            return model(x, ei, ea, edge_weight=weight.to(dev))
+        return model(x, ei, ea)
 
     def _train_epoch(self, epoch: int) -> float:
         self.model.train()
         total, count = 0.0, 0
+        # One optimiser step per G = W * A sampler steps: rank r takes steps r, r + W, ... of the epoch
+        # (padded to a multiple of G; graphscale.train.distributed.deal), DDP averages over ranks and
+        # A micro-steps accumulate. G = 1 is the plain path: one step, one update.
+        world, accum = self.world_size, self.cfg.train.grad_accum
+        grouped = world * accum > 1
+        num = distributed.local_steps(len(self.sampler), world, accum)
         steps = self.sampler.epoch(epoch)
-        bar = tqdm(steps, total=len(self.sampler), desc=f"epoch {epoch}", leave=False,
-                   disable=not self.cfg.log.progress or len(self.sampler) == 1)
+        if grouped:
+            steps = distributed.deal(steps, len(self.sampler), self.rank, world, accum)
+        bar = tqdm(steps, total=num, desc=f"epoch {epoch}", leave=False,
+                   disable=not self.cfg.log.progress or num == 1 or not self.is_main)
         for step, sub in enumerate(bar):
             mask = self.train_mask[sub.node_ids]
-            if not mask.any():
+            if not grouped and not mask.any():
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
-            out = self._forward(sub)
-            mask = mask.to(self.device)
-            loss = self.loss(out[mask], self.y[sub.node_ids.to(self.device)][mask])
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}: training diverged "
-                                    f"(try a lower train.lr={self.cfg.train.lr}, or train.grad_clip)")
-            loss.backward()
-            if self.cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            self.optimizer.step()
+            if step % accum == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            last = step % accum == accum - 1  # DDP all-reduces on the last micro-step of a group only
+            with contextlib.nullcontext() if world == 1 or last else self.train_model.no_sync():
+                out = self._forward(sub, self.train_model)
+                mask = mask.to(self.device)
+                if mask.any():
+                    loss = self.loss(out[mask], self.y[sub.node_ids.to(self.device)][mask])
+                else:  # a step without training nodes still runs (zero gradient): ranks stay in lock-step
+                    loss = out.sum() * 0.0
+                if not torch.isfinite(loss):
+                    where = f" on rank {self.rank}" if world > 1 else ""
+                    raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}{where}: training "
+                                        f"diverged (try a lower train.lr={self.cfg.train.lr}, or train.grad_clip)")
+                (loss / accum if accum > 1 else loss).backward()
+            if last:
+                if self.cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                self.optimizer.step()
             n = int(mask.sum())
             total, count = total + loss.detach().item() * n, count + n
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+        if world > 1:  # mean over every rank's training nodes
+            total, count = distributed.all_reduce_sum([total, count])
         return total / max(count, 1)
 
     @torch.no_grad()
@@ -197,15 +244,22 @@ class Trainer:
         s, n = self.cfg.sampler, self.data.num_nodes
         if s.eval_name == "full":
             return self._forward(full_graph(self.edge_index, n))
-        out = None
+        out, k = None, -1
+        if self.world_size > 1:  # evaluation parts are dealt round-robin over ranks, logits summed over ranks
+            out = torch.zeros(n, self.data.num_outputs, device=self.device)
         for view in range(s.eval_views):
             part = partition(s.eval_name, self.edge_index, n, s.eval_parts,
                              seed=epoch_seed(self.cfg.train.seed + 7_777 + view, epoch))
             for sub in part_subgraphs(self.edge_index, part, s.eval_parts):
+                k += 1
+                if k % self.world_size != self.rank:
+                    continue
                 logits = self._forward(sub)
                 if out is None:
                     out = torch.zeros(n, logits.size(1), device=logits.device, dtype=logits.dtype)
                 out[sub.node_ids.to(out.device)] += logits
+        if self.world_size > 1:
+            distributed.all_reduce_(out)
         return out / s.eval_views
 
     def evaluate(self, epoch: int) -> dict:
@@ -214,7 +268,7 @@ class Trainer:
         for key in ("train", "valid", "test"):
             idx = self.data.split[key].to(logits.device)
             scores[key] = self.metric(self.y[idx], logits[idx]) if idx.numel() else float("nan")
-        return scores
+        return distributed.broadcast_object(scores)  # rank 0's, so best-model / early-stop decisions agree
 
     # ------------------------------------------------------------------ files
     def _state(self, epoch: int, history: list, best: dict, elapsed: float, bad_evals: int) -> dict:
@@ -227,6 +281,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self.dist:
+                self.dist.destroy()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         os.makedirs(self.out, exist_ok=True)
         resolved = to_dict(cfg)
@@ -240,7 +301,8 @@ class Trainer:
             diff = [d for d in diff if not d.startswith("train.epochs:")]  # extending a run is fine
             if diff:
                 raise ConfigError("--resume with a different config than the checkpoint's: " + "; ".join(diff))
-        save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
+        if self.is_main:  # only rank 0 writes files (DESIGN rule 11)
+            save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
 
         self._setup()
         if ckpt is not None:
@@ -248,14 +310,15 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
             elapsed, bad_evals = ckpt["elapsed"], ckpt["bad_evals"]
-            self._write_log(history)  # drop rows of epochs the killed run did not checkpoint
+            if self.is_main:
+                self._write_log(history)  # drop rows of epochs the killed run did not checkpoint
 
         t, metric = cfg.train, self.data.metric
         bar = tqdm(range(start_epoch, t.epochs + 1), initial=start_epoch - 1, total=t.epochs, desc="train",
-                   disable=not cfg.log.progress)
+                   disable=not cfg.log.progress or not self.is_main)
         for epoch in bar:
             t0 = time.perf_counter()
-            torch.manual_seed(epoch_seed(t.seed, epoch))  # dropout of this epoch, resume-safe
+            torch.manual_seed(epoch_seed(t.seed, epoch) + self.rank)  # dropout of this epoch (and rank), resume-safe
             loss = self._train_epoch(epoch)
             row = {"epoch": epoch, "loss": loss}
             if epoch % t.eval_every == 0 or epoch == t.epochs:
@@ -264,7 +327,8 @@ class Trainer:
                 if scores["valid"] > best["valid"]:
                     best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
                             "epoch": epoch}
-                    save_torch(self.model.state_dict(), os.path.join(self.out, BEST))
+                    if self.is_main:
+                        save_torch(self.model.state_dict(), os.path.join(self.out, BEST))
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -272,10 +336,11 @@ class Trainer:
             elapsed += time.perf_counter() - t0
             row["seconds"] = elapsed
             history.append(row)
-            with open(os.path.join(self.out, LOG), "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            if self.is_main:
+                with open(os.path.join(self.out, LOG), "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
             stop = t.patience > 0 and bad_evals >= t.patience
-            if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
+            if self.is_main and (epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop):
                 save_torch(self._state(epoch, history, best, elapsed, bad_evals), os.path.join(self.out, CHECKPOINT))
             if stop:
                 break
@@ -295,7 +360,14 @@ class Trainer:
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "config": resolved,
         }
-        save_json(results, os.path.join(self.out, RESULTS))
+        if self.dist:  # rank 0's own device, memory and communication counters
+            results["distributed"] = {"world_size": self.world_size, "backend": self.dist.backend,
+                                      "grad_accum": t.grad_accum, "comm_hook": t.comm_hook,
+                                      "allreduce_bytes_per_step": distributed.grad_bytes(self.model)}
+            if self.comm_stats is not None:
+                results["distributed"].update(self.comm_stats.as_dict())
+        if self.is_main:
+            save_json(results, os.path.join(self.out, RESULTS))
         return results
 
 
