@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -280,6 +281,10 @@ def stratified_folds(labels: np.ndarray, k: int = 10, seed: int = 0) -> list:
     """``k`` stratified folds, shuffled with ``seed`` (GIN's ``separate_data`` protocol)."""
     from sklearn.model_selection import StratifiedKFold
 
+    counts = np.bincount(np.asarray(labels))
+    if counts.max() < k:
+        raise DataError(f"stratified {k}-fold cross-validation needs a class with at least {k} graphs; the "
+                        f"class sizes are {counts.tolist()}")
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr.astype(np.int64), te.astype(np.int64)) for tr, te in skf.split(np.zeros(len(labels)), labels)]
 
@@ -365,3 +370,29 @@ def load_graph_dataset(name: str, root: str, *, degree_as_tag: bool | None = Non
     return GraphDataset(folder, graphs, labels, len(tag_map), folds, fmt, degree_as_tag,
                         {"root": os.path.abspath(root), "folds": fold_source,
                          "label_values": list(label_map)})
+
+
+def write_gin_txt(path: str, graphs: Sequence[Graph], labels: Sequence[int], folds: list | None = None) -> None:
+    """Write graphs in the GIN / GNTK text format (and, with ``folds``, ``10fold_idx/`` beside it).
+
+    The inverse of :func:`read_gin_txt`: node lines are ``tag degree neighbours...``; ``folds`` is a list
+    of ``(train_idx, test_idx)`` written as ``{train,test}_idx-{k}.txt``.
+    """
+    lines = [str(len(graphs))]
+    for g, y in zip(graphs, labels):
+        nbrs = [[] for _ in range(g.num_nodes)]
+        for u, v in np.asarray(g.edges).reshape(2, -1).T.tolist():
+            nbrs[u].append(v)
+            nbrs[v].append(u)
+        lines.append(f"{g.num_nodes} {int(y)}")
+        for u in range(g.num_nodes):
+            lines.append(" ".join(str(t) for t in [int(g.tags[u]), len(nbrs[u]), *nbrs[u]]))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if folds is not None:
+        fdir = os.path.join(os.path.dirname(os.path.abspath(path)), "10fold_idx")
+        os.makedirs(fdir, exist_ok=True)
+        for k, (tr, te) in enumerate(folds, 1):
+            np.savetxt(os.path.join(fdir, f"train_idx-{k}.txt"), np.asarray(tr, dtype=np.int64), fmt="%d")
+            np.savetxt(os.path.join(fdir, f"test_idx-{k}.txt"), np.asarray(te, dtype=np.int64), fmt="%d")

@@ -91,6 +91,20 @@ def relu_update(sigma: Tensor, ntk: Tensor, d_r: Tensor, d_c: Tensor) -> tuple[T
 
 
 _ONE = torch.ones(())
+_COMPILED = {}
+
+
+def _relu_fn(compile: bool):
+    """``relu_update`` or its ``torch.compile``d form (one fused loop instead of 10 passes).
+
+    Measured on this 2-core CPU on a [64, 32, 64, 32] float64 state: 116 ms eager vs 48 ms compiled; the
+    first compilation takes about a minute (inductor caches it on disk for later processes).
+    """
+    if not compile:
+        return relu_update
+    if "relu" not in _COMPILED:
+        _COMPILED["relu"] = torch.compile(relu_update, dynamic=True)
+    return _COMPILED["relu"]
 
 
 def recursion(sigma0: Tensor, aggregate: Callable[[Tensor], Tensor], relu: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]],
@@ -216,12 +230,13 @@ def _self_diag(s: Tensor) -> Tensor:
 
 
 def block_pair(bi: _Block, bj: _Block, cfg: GNTKConfig, diag_i: Tensor | None = None,
-               diag_j: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               diag_j: Tensor | None = None, compile: bool = False) -> tuple[Tensor, Tensor | None]:
     """GNTK values of every graph pair of blocks ``(I, J)``.
 
     Args:
         diag_i, diag_j: ``[L*R, g, a]`` self-pair normalisers ``sqrt(Sigma_GG[u, u])`` of each ReLU layer;
             ``None`` for a diagonal block ``(I, I)``, where they are read off the state and returned.
+        compile: fuse the ReLU update with ``torch.compile``.
 
     Returns:
         ``([g_I, g_J] kernel values, [L*R, g_I, a] normalisers or None)``.
@@ -231,6 +246,7 @@ def block_pair(bi: _Block, bj: _Block, cfg: GNTKConfig, diag_i: Tensor | None = 
     gj, b = bj.x.shape[:2]
     sigma0 = (bi.x.reshape(gi * a, -1) @ bj.x.reshape(gj * b, -1).T).view(gi, a, gj, b)
     diags = []
+    update = _relu_fn(compile)
 
     def relu(sigma, ntk, k):
         if self_pair:
@@ -239,7 +255,7 @@ def block_pair(bi: _Block, bj: _Block, cfg: GNTKConfig, diag_i: Tensor | None = 
             dr, dc = d, d
         else:
             dr, dc = diag_i[k], diag_j[k]
-        return relu_update(sigma, ntk, dr.view(gi, a, 1, 1), dc.view(1, 1, gj, b))
+        return update(sigma, ntk, dr.view(gi, a, 1, 1), dc.view(1, 1, gj, b))
 
     out = recursion(sigma0, lambda s: _aggregate(s, bi.adj, bj.adj), relu, lambda s: s.sum(dim=(1, 3)), cfg)
     return 2.0 * out, (torch.stack(diags) if self_pair else None)
@@ -271,7 +287,7 @@ def _default_chunk_nodes(device) -> int:
 def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: Sequence | None = None,
                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
                 chunk_nodes: int | None = None, chunk_dir: str | None = None,
-                progress: bool = True) -> np.ndarray:
+                progress: bool = True, compile: bool = False) -> np.ndarray:
     """GNTK Gram matrix ``[G, G]`` (float64 numpy) of a list of graphs (Du et al., NeurIPS 2019).
 
     Args:
@@ -286,6 +302,8 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
         chunk_dir: folder for the per-chunk results; an existing folder of the same computation is
             resumed (finished chunks are loaded, not recomputed); one of another computation is refused.
         progress: show a tqdm bar over block pairs.
+        compile: fuse the element-wise ReLU update with ``torch.compile`` (~2.4x faster update on CPU
+            after a one-off compilation of about a minute; needs a C++ compiler on CPU).
     """
     if dtype not in (torch.float64, torch.float32):
         raise ConfigError(f"gntk dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -325,11 +343,13 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
         else:
             bi = block(i)
             if i == j:
-                vals, d = block_pair(bi, bi, cfg)
+                vals, d = block_pair(bi, bi, cfg, compile=compile)
                 diags[i] = d
             else:
-                vals, _ = block_pair(bi, block(j), cfg, diags[i], diags[j])
+                vals, _ = block_pair(bi, block(j), cfg, diags[i], diags[j], compile=compile)
             vals = vals.double().cpu().numpy()
+            if i == j:  # (i, j) and (j, i) of a diagonal block differ by rounding: make it exactly symmetric
+                vals = 0.5 * (vals + vals.T)
             if path:
                 extra = {"diags": diags[i].cpu().numpy()} if i == j else {}
                 _save_atomic(path, gram=vals, **extra)

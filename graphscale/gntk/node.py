@@ -16,6 +16,7 @@ when it exceeds the budget.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -69,13 +70,16 @@ def _scaled_adjacency(edge_index: Tensor, n: int, scale: str, dtype, device) -> 
         val = val / deg[row]
     crow = torch.zeros(n + 1, dtype=torch.long)
     crow[1:] = torch.cumsum(torch.bincount(row, minlength=n), 0)
-    return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False).to(device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": nothing the user can act on
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False).to(device)
 
 
 def _csr_rows(a: Tensor, r0: int, r1: int) -> Tensor:
     crow, col, val = a.crow_indices(), a.col_indices(), a.values()
     s, e = int(crow[r0]), int(crow[r1])
-    return torch.sparse_csr_tensor(crow[r0:r1 + 1] - s, col[s:e], val[s:e], (r1 - r0, a.shape[1]), check_invariants=False)
+    return torch.sparse_csr_tensor(crow[r0:r1 + 1] - s, col[s:e], val[s:e], (r1 - r0, a.shape[1]),
+                                   check_invariants=False)
 
 
 def node_kernel(edge_index: Tensor, x: Tensor, cfg: GNTKConfig = GNTKConfig(), *, num_nodes: int | None = None,

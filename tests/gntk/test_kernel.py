@@ -1,0 +1,116 @@
+"""Graph-level GNTK: agreement with the unbatched Kronecker oracle, symmetry / PSD, invariances,
+resumable chunks, bad input."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import graphscale.gntk.kernel as K
+from graphscale.errors import ConfigError, DataError
+from graphscale.gntk.kernel import GNTKConfig, gram_matrix, make_blocks, normalize_gram
+
+from .conftest import one_hot, random_graphs
+from .kron_oracle import adjacency, gram as oracle_gram
+
+# float64: relative 1e-8, not 1e-14, because sqrt(1 - lam^2) at lam = 1 - eps turns a rounding
+# difference of 1e-16 in lam into ~1e-8 (both implementations hit it on every self node pair).
+RTOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+
+
+def _oracle(graphs, cfg):
+    k = 1 + max(int(g.tags.max()) for g in graphs)
+    return oracle_gram([(adjacency(g.num_nodes, g.edges), one_hot(g, k)) for g in graphs],
+                       cfg.layers, cfg.mlp_layers, cfg.scale, cfg.jk)
+
+
+@pytest.mark.parametrize("cfg", [GNTKConfig(1, 1, "uniform", False), GNTKConfig(2, 2, "degree", True),
+                                 GNTKConfig(3, 1, "degree", False), GNTKConfig(2, 3, "uniform", True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_kronecker_oracle(graphs, cfg, dtype):
+    ref = _oracle(graphs, cfg)
+    # chunk_nodes=12 cuts 9 graphs of 1..9 nodes into several blocks of mixed sizes (padding inside).
+    got = gram_matrix(graphs, cfg, dtype=dtype, chunk_nodes=12, progress=False)
+    assert len(make_blocks(np.array([g.num_nodes for g in graphs]), 12)) > 2
+    np.testing.assert_allclose(got, ref, rtol=RTOL[dtype], atol=RTOL[dtype] * np.abs(ref).max())
+
+
+def test_block_size_does_not_change_result(graphs):
+    cfg = GNTKConfig(2, 2, "degree", True)
+    one = gram_matrix(graphs, cfg, chunk_nodes=10_000, progress=False)   # one block
+    many = gram_matrix(graphs, cfg, chunk_nodes=1, progress=False)       # one graph per block
+    np.testing.assert_allclose(one, many, rtol=1e-9)
+
+
+def test_symmetric_psd():
+    gs = random_graphs(1, 20, nmax=12)
+    for cfg in (GNTKConfig(2, 2, "degree", True), GNTKConfig(3, 1, "uniform", False)):
+        g = gram_matrix(gs, cfg, chunk_nodes=30, progress=False)
+        np.testing.assert_array_equal(g, g.T)
+        ev = np.linalg.eigvalsh(normalize_gram(g))
+        assert ev.min() > -1e-9, ev.min()
+
+
+def test_invariant_to_node_relabelling_and_graph_order(graphs):
+    cfg = GNTKConfig(2, 2, "degree", True)
+    base = gram_matrix(graphs, cfg, chunk_nodes=15, progress=False)
+    rng = np.random.default_rng(5)
+    perm_graphs = []
+    for g in graphs:
+        p = rng.permutation(g.num_nodes)          # new id of old node u is p[u]
+        tags = np.empty_like(g.tags)
+        tags[p] = g.tags
+        perm_graphs.append(type(g)(g.num_nodes, p[g.edges], tags))
+    np.testing.assert_allclose(gram_matrix(perm_graphs, cfg, chunk_nodes=15, progress=False), base, rtol=1e-9)
+    order = rng.permutation(len(graphs))
+    shuffled = gram_matrix([graphs[i] for i in order], cfg, chunk_nodes=15, progress=False)
+    np.testing.assert_allclose(shuffled, base[np.ix_(order, order)], rtol=1e-9)
+
+
+def test_features_argument_equals_one_hot_tags(graphs):
+    cfg = GNTKConfig(2, 1, "degree", True)
+    k = 1 + max(int(g.tags.max()) for g in graphs)
+    a = gram_matrix(graphs, cfg, progress=False)
+    b = gram_matrix(graphs, cfg, features=[one_hot(g, k + 2) for g in graphs], progress=False)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_chunks_resume_and_refuse_other_computation(graphs, tmp_path, monkeypatch):
+    cfg = GNTKConfig(2, 2, "degree", True)
+    d = tmp_path / "chunks"
+    full = gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(d), progress=False)
+    files = sorted(f for f in os.listdir(d) if f.startswith("chunk_"))
+    nb = len(make_blocks(np.array([g.num_nodes for g in graphs]), 12))
+    assert len(files) == nb * (nb + 1) // 2
+    # Lose two chunks (one diagonal, one off-diagonal) as a crash would; the rerun computes only those.
+    os.remove(d / "chunk_00001_00001.npz")
+    os.remove(d / files[-1])
+    calls = []
+    real = K.block_pair
+    monkeypatch.setattr(K, "block_pair", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(d), progress=False)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again, full)
+    with pytest.raises(ConfigError, match="another computation.*config"):
+        gram_matrix(graphs, GNTKConfig(1, 2, "degree", True), chunk_nodes=12, chunk_dir=str(d), progress=False)
+    assert not [f for f in os.listdir(d) if ".tmp" in f]
+
+
+def test_bad_input():
+    g = random_graphs(2, 3)
+    with pytest.raises(DataError, match="graph 1 is empty"):
+        gram_matrix([g[0], type(g[0])(0, np.zeros((2, 0), np.int64), np.zeros(0, np.int64))], progress=False)
+    with pytest.raises(DataError, match="no node tags/features"):
+        gram_matrix([type(g[0])(g[0].num_nodes, g[0].edges, None)], progress=False)
+    with pytest.raises(DataError, match=r"features of graph 0 must be \[num_nodes"):
+        gram_matrix(g, features=[np.ones((99, 2))] * 3, progress=False)
+    with pytest.raises(DataError, match="no graphs"):
+        gram_matrix([], progress=False)
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        GNTKConfig(scale="mean")
+    with pytest.raises(ConfigError, match="layers must be an integer >= 1"):
+        GNTKConfig(layers=0)
+    with pytest.raises(ConfigError, match="dtype"):
+        gram_matrix(g, dtype=torch.float16, progress=False)
