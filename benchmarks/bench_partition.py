@@ -316,9 +316,6 @@ def run_gcn(data, seed: int, sampler=None, eval_graph=None, epochs=200, lr=0.01,
 
 
 def bench_accuracy(datasets, seeds, num_parts=10, q=5):
-    # One thread: on the shared, oversubscribed 2-core machine two OpenMP threads per job spin
-    # against each other (a Cora run took ~150 s with 2 threads at load 13).
-    torch.set_num_threads(1)
     rows = []
     for name in datasets:
         if not os.path.isdir(os.path.join(SHARED, "planetoid", name)):
@@ -386,12 +383,16 @@ def main(argv=None) -> int:
     p.add_argument("--memory-sizes", nargs="+", type=int, default=[100_000], help="memory: node counts")
     p.add_argument("--datasets", nargs="+", default=["Cora", "CiteSeer"])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on the shared 2-core machine, 2 threads per job "
+                        "oversubscribe the cores; one epoch's batch assembly took 3x longer with 2)")
     p.add_argument("--_rss-worker", nargs=4, metavar=("MODE", "PATH", "PARTS", "Q"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._rss_worker:
         mode, path, k, q = args._rss_worker
         print(json.dumps(rss_worker(mode, path, int(k), int(q))))
         return 0
+    torch.set_num_threads(args.threads)
     tags = env_tags()
     tags["pyg_cluster_data"] = pyg_cluster_data_status()
     print(tags, flush=True)

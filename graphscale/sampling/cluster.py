@@ -146,18 +146,21 @@ class ClusterGCNSampler:
         eids = torch.cat([self.edge_perm[int(ep[c]):int(ep[c + 1])] for c in cl])
         src, dst = self.edge_index[0, eids], self.edge_index[1, eids]
         # Local id of a node = start of its cluster inside this batch + its rank in the cluster.
-        offset = torch.full((self.num_parts,), -1, dtype=torch.long)
+        # Clusters not in the batch get an offset so negative that their nodes' local ids are < 0:
+        # one comparison then finds the edges leaving the batch (edges were stored by source cluster,
+        # so only the target can lie outside).
+        offset = torch.full((self.num_parts,), -self.num_nodes - 1, dtype=torch.long)
         sizes = self.node_ptr[clusters + 1] - self.node_ptr[clusters]
         offset[clusters] = sizes.cumsum(0) - sizes
-        psrc, pdst = self.part[src], self.part[dst]
+        ei = torch.stack([offset[self.part[src]] + self.rank[src], offset[self.part[dst]] + self.rank[dst]])
         keep = None
-        if self.q > 1:  # edges were stored by source cluster: drop those leaving the chosen clusters
-            keep = offset[pdst] >= 0
+        if self.q > 1:
+            keep = ei[1] >= 0
         if self.diag_lambda is not None:  # A + I adds one self-loop per node; drop the graph's own
             keep = (src != dst) if keep is None else keep & (src != dst)
         if keep is not None:
-            eids, src, dst, psrc, pdst = eids[keep], src[keep], dst[keep], psrc[keep], pdst[keep]
-        ei = torch.stack([offset[psrc] + self.rank[src], offset[pdst] + self.rank[dst]])
+            keep = keep.nonzero().view(-1)
+            ei, eids = ei[:, keep], eids[keep]
         weight = None
         if self.diag_lambda is not None:
             weight = diag_enhanced_weights(ei, node_ids.numel(), self.diag_lambda)
