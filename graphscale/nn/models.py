@@ -12,6 +12,7 @@ from torch_geometric.nn import DeepGCNLayer, GCNConv, GENConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from graphscale.errors import ConfigError
+from graphscale.nn.conv import GENConv as GraphscaleGENConv
 from graphscale.sampling.subgraph import with_self_loops
 
 
@@ -40,6 +41,8 @@ class DeeperGCN(nn.Module):
         aggr, t, learn_t, mlp_layers: GENConv options.
         norm: ``'layer'`` or ``'batch'``.
         block: ``'res+'`` (pre-activation), ``'res'`` or ``'plain'``.
+        conv: ``'pyg'`` (PyG's GENConv) or ``'graphscale'`` (:class:`graphscale.nn.GENConv`, same
+            parameters, fused softmax aggregation through :mod:`graphscale.ops`; ``aggr='softmax'`` only).
 
     Shapes: ``x [N, F_in]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` -> ``[N, C]``.
     """
@@ -47,8 +50,11 @@ class DeeperGCN(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
                  edge_dim: int | None = None, dropout: float = 0.1, aggr: str = "softmax",
                  t: float = 1.0, learn_t: bool = True, mlp_layers: int = 2, norm: str = "layer",
-                 block: str = "res+"):
+                 block: str = "res+", conv: str = "pyg"):
         super().__init__()
+        if conv not in ("pyg", "graphscale"):
+            raise ConfigError(f"unknown conv {conv!r}; expected 'pyg' or 'graphscale'")
+        gen_cls = GENConv if conv == "pyg" else GraphscaleGENConv
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
         self.dropout = dropout
@@ -56,7 +62,7 @@ class DeeperGCN(nn.Module):
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
-            conv = GENConv(hidden_channels, hidden_channels, aggr=aggr, t=t, learn_t=learn_t,
+            conv = gen_cls(hidden_channels, hidden_channels, aggr=aggr, t=t, learn_t=learn_t,
                            num_layers=mlp_layers, norm=norm,
                            edge_dim=hidden_channels if edge_dim else None)
             self.layers.append(DeepGCNLayer(conv, make_norm(norm, hidden_channels),

@@ -181,7 +181,10 @@ class SoftmaxAggr(torch.autograd.Function):
             gm = gm.masked_fill_(pre <= 0, 0)
         gx = None
         if ctx.needs_input_grad[1]:
-            gx = torch.zeros_like(x).index_add_(0, adj.col, gm)
+            # segment sum over the transposed CSR: measured several times faster than index_add_
+            # (no atomics / write conflicts) on the 2-core dev machine.
+            at = adj.t()
+            gx = _segment(at, gm[at.perm], "sum")
         gea = gm if ctx.needs_input_grad[3] else None
         return None, gx, gt, gea, None, None
 

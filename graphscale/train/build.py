@@ -45,7 +45,8 @@ def _deepergcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import DeeperGCN
     return DeeperGCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
                      edge_dim=info.edge_dim, dropout=cfg.dropout, aggr=cfg.aggr, t=cfg.t,
-                     learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, norm=cfg.norm, block=cfg.block)
+                     learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, norm=cfg.norm, block=cfg.block,
+                     conv=cfg.conv)
 
 
 @register_model("gcn")

@@ -90,6 +90,8 @@ class ModelConfig:
     norm: str = _choice("layer", "layer", "batch", doc="normalisation inside blocks")
     block: str = _choice("res+", "res+", "res", "plain", doc="DeeperGCN block type")
     mlp_layers: int = _doc(2, "GENConv MLP depth")
+    conv: str = _choice("pyg", "pyg", "graphscale", doc="deepergcn: GENConv implementation (graphscale = fused "
+                        "softmax aggregation through graphscale.ops; aggr=softmax only)")
     # Deep blocks (graphscale.nn: revgnn, wt-revgnn, deq-gnn)
     num_groups: int = _doc(2, "revgnn / wt-revgnn: channel groups C of each reversible block")
     solver: str = _choice("anderson", "anderson", "fixed-point", "broyden", doc="deq-gnn: fixed-point solver")

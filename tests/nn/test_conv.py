@@ -111,3 +111,17 @@ def test_gen_rejects_other_aggregations():
         GENConv(4, 4, aggr="powermean")
     with pytest.raises(ConfigError, match="'median'"):
         SAGEConv(4, 4, aggr="median")
+
+
+def test_deepergcn_graphscale_conv_matches_pyg_conv():
+    from graphscale.nn.models import DeeperGCN
+    torch.manual_seed(5)
+    ei = _graph()
+    x = torch.randn(13, 6, dtype=torch.float64)
+    ea = torch.randn(ei.size(1), 3, dtype=torch.float64)
+    ref = DeeperGCN(6, 8, 4, num_layers=3, edge_dim=3, dropout=0.0).double().eval()
+    ours = DeeperGCN(6, 8, 4, num_layers=3, edge_dim=3, dropout=0.0, conv="graphscale").double().eval()
+    ours.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(ours(x, ei, ea), ref(x, ei, ea), **TOL)
+    with pytest.raises(ConfigError, match="'dgl'"):
+        DeeperGCN(6, 8, 4, num_layers=1, conv="dgl")
