@@ -89,10 +89,10 @@ def compress_sign(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return packed, scale, decoded
 
 
-def signsgd_hook(state: SignState, bucket) -> torch.futures.Future:
+def signsgd_hook(state: SignState, bucket):  # no annotations: DDP rejects string (postponed) ones
     """DDP communication hook: error-feedback 1-bit sign compression with an all-gather.
 
-    Returns a future of the bucket's averaged (decoded) gradient, as DDP expects.
+    Returns a ``torch.futures.Future[Tensor]`` of the bucket's averaged (decoded) gradient, as DDP expects.
     """
     group = state.process_group if state.process_group is not None else dist.group.WORLD
     world = dist.get_world_size(group)
@@ -125,16 +125,13 @@ def signsgd_hook(state: SignState, bucket) -> torch.futures.Future:
 
 
 # ------------------------------------------------------------------------------------------ PowerSGD
-class _CountingPowerSGD:
+def _counting_powersgd(stats: CommStats):
     """PyTorch's ``powerSGD_hook`` with its bytes counted: full buckets during the plain all-reduce
     warm-up, then the elements PowerSGD itself reports sending (``total_numel_after_compression``:
     the ``P`` and ``Q`` factors plus the tensors it leaves uncompressed)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
-    def __init__(self, state, stats: CommStats):
-        self.state, self.stats = state, stats
-
-    def __call__(self, state, bucket):
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+    def powersgd_counting_hook(state, bucket):  # DDP wants a function (it reads __name__), unannotated
         buf = bucket.buffer()
         plain = buf.numel() * buf.element_size()
         if state.iter < state.start_powerSGD_iter:
@@ -144,8 +141,9 @@ class _CountingPowerSGD:
             before = state.total_numel_after_compression
             fut = psgd.powerSGD_hook(state, bucket)
             sent = (state.total_numel_after_compression - before) * buf.element_size()
-        self.stats.add(sent, plain, bucket.is_last())
+        stats.add(sent, plain, bucket.is_last())
         return fut
+    return powersgd_counting_hook
 
 
 def register_comm_hook(ddp_model, name: str, *, powersgd_rank: int = 1, powersgd_start_iter: int = 10,
@@ -165,7 +163,7 @@ def register_comm_hook(ddp_model, name: str, *, powersgd_rank: int = 1, powersgd
                                    start_powerSGD_iter=max(2, powersgd_start_iter), random_seed=seed,
                                    use_error_feedback=error_feedback, warm_start=error_feedback)
         stats = CommStats("powersgd")
-        ddp_model.register_comm_hook(state, _CountingPowerSGD(state, stats))
+        ddp_model.register_comm_hook(state, _counting_powersgd(stats))
         return stats
     state = SignState(error_feedback=error_feedback)
     ddp_model.register_comm_hook(state, signsgd_hook)
