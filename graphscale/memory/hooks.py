@@ -3,10 +3,14 @@
 The model-agnostic form of ActNN (Chen et al., ICML 2021) / GACT (Liu et al., ICML 2022): a
 :func:`torch.autograd.graph.saved_tensors_hooks` pair quantizes each saved floating-point tensor on
 pack (:mod:`graphscale.memory.quantize`) and dequantizes it when backward unpacks it. Kept as they are:
-integer / bool tensors (indices, masks), tensors smaller than ``min_numel``, and leaves (parameters,
-inputs) and views of leaves -- those stay alive outside autograd anyway, so a compressed copy would
-only add bytes. A tensor saved by several ops is quantized once and the packed copy shared (EXACT's
-trick), keyed by the tensor's identity and version.
+integer / bool tensors (indices, masks), tensors smaller than ``min_numel``, per-row statistics
+(``[..., 1]`` tensors such as LayerNorm's mean and rstd: 1/D of the bytes, and backward divides by
+them), tensors holding inf / NaN,
+and leaves that require grad (parameters, inputs being differentiated) and their views -- those stay
+alive outside autograd anyway, so a compressed copy would only add bytes. Leaves without grad (the
+input features of a step: a fresh gather per sampled subgraph) are compressed like activations. A
+tensor saved by several ops is quantized once and the packed copy shared (EXACT's trick), keyed by
+the tensor's identity and version.
 
 Caveat (as for GACT): an op whose backward is nonlinear in what it saved sees a quantized value. ReLU
 saving its output is exact at 0 but a positive value smaller than its group's step may read back as 0;
@@ -45,6 +49,10 @@ class SharedQuantized:
         self._entries: dict[int, tuple] = {}
 
     def get(self, t: Tensor, cfg: CompressionConfig, project: bool = True):
+        if t.grad_fn is None and t._base is None:
+            # No history: possibly data that outlives the step (full-batch features); caching it would
+            # reuse one draw of the rounding noise in every step.
+            return cfg.compress(t, project=project)
         key = id(t)
         hit = self._entries.get(key)
         if hit is not None:
@@ -64,9 +72,16 @@ class SharedQuantized:
         self._entries.clear()
 
 
-def _is_leaf_storage(t: Tensor) -> bool:
+def _is_param_like(t: Tensor) -> bool:
+    """A leaf that requires grad (a parameter, a differentiated input) or a view of one."""
     base = t._base if t._base is not None else t
-    return base.is_leaf
+    return base.is_leaf and base.requires_grad
+
+
+def _finite(q) -> bool:
+    # Statistics are inf / NaN exactly when the data has inf / NaN (e.g. -inf fill values of an
+    # empty max-reduction): quantizing would spread that over the whole row or group.
+    return bool(torch.isfinite(q.mn).all() and torch.isfinite(q.scale).all())
 
 
 @contextlib.contextmanager
@@ -107,10 +122,13 @@ def compressed_activations(bits: int = 2, group_size: int | None = 256, min_nume
 
     def pack(t: Tensor):
         if (not t.is_floating_point() or t.numel() < min_numel or t.layout != torch.strided
-                or _is_leaf_storage(t)):
+                or (t.dim() >= 2 and t.shape[-1] == 1) or _is_param_like(t)):
             report_ctx(t)
             return t
         q = cache.get(t, cfg, project=False)
+        if not _finite(q.q if isinstance(q, Projected) else q):
+            report_ctx(t)
+            return t
         report_ctx(*q.tensors())
         return q
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphscale.memory.accounting import report_ctx
-from graphscale.memory.hooks import SharedQuantized, _is_leaf_storage
+from graphscale.memory.hooks import SharedQuantized, _finite, _is_param_like
 from graphscale.memory.quantize import CompressionConfig, pack_codes, unpack_codes
 
 __all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinear", "qrelu", "qdropout",
@@ -40,15 +40,18 @@ shared_cache = SharedQuantized()
 def stash(ctx, x: Tensor, cfg: CompressionConfig | None, project: bool = True,
           is_input: bool = True) -> tuple[Tensor, ...]:
     """Keep ``x`` for backward: compressed on ``ctx.stored`` (shared, reported to the accounting), or
-    returned as ``(x,)`` for the caller to put last in ``save_for_backward``: with ``cfg=None``, and for
-    leaves (input features): they stay alive outside autograd, so a compressed copy would only add
-    bytes and noise -- and, reused across steps, would freeze one draw of the rounding noise.
-    ``is_input=False`` marks a tensor computed inside the Function (no history, yet not a leaf input)."""
-    if cfg is None or (is_input and _is_leaf_storage(x)):
+    returned as ``(x,)`` for the caller to put last in ``save_for_backward``: with ``cfg=None``, for
+    inputs that require grad as leaves (they stay alive anyway: a copy would only add bytes), and for
+    tensors holding inf / NaN. ``is_input=False`` marks a tensor computed inside the Function."""
+    if cfg is None or (is_input and _is_param_like(x)):
         ctx.stored = None
         return (x,)
-    ctx.stored = shared_cache.get(x, cfg, project=project)
-    report_ctx(*ctx.stored.tensors())
+    q = shared_cache.get(x, cfg, project=project)
+    if not _finite(q.q if hasattr(q, "q") else q):
+        ctx.stored = None
+        return (x,)
+    ctx.stored = q
+    report_ctx(*q.tensors())
     return ()
 
 
@@ -124,7 +127,9 @@ def qrelu(x: Tensor) -> Tensor:
 class _QDropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
-        keep = torch.empty_like(x, dtype=torch.bool).bernoulli_(1.0 - p)  # same global-RNG draw count as bernoulli
+        # The same draw as torch's CPU dropout (a float bernoulli_ of x's shape and dtype), so a seeded
+        # compressed run drops the same units as the uncompressed one; kept as 1 bit per element.
+        keep = torch.empty_like(x).bernoulli_(1.0 - p).bool()
         ctx.scale = 1.0 / (1.0 - p)
         ctx.shape = x.shape
         ctx.save_for_backward(pack_mask(keep))

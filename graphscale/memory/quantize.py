@@ -10,7 +10,7 @@ Implements the storage format of
   random projection of the feature dimension (Rademacher, ``kept_frac`` of the columns kept).
 
 Format: the tensor is viewed as a contiguous ``[R, C]`` matrix (per-row: ``R = shape[0]``; per-group:
-``R = ceil(numel / group_size)``, ``C = group_size``, the tail zero-padded). Row ``r`` stores
+``R = ceil(numel / group_size)``, ``C = group_size``, the tail padded with its last value). Row ``r`` stores
 ``mn[r]`` (rounded *down* to the 16-bit grid) and ``scale[r] = (max - mn) / (2**bits - 1)`` (rounded
 *up*), so every value lies in ``[mn, mn + (2**bits - 1) * scale]`` and the codes never clip. Code
 ``q = floor((x - mn) / scale + u)``, ``u ~ U[0, 1)``, has ``E[mn + q * scale] = x`` (unbiased) and
@@ -293,8 +293,8 @@ def _view_rows(x: Tensor, group_size: int | None) -> tuple[Tensor, int]:
     flat = x.reshape(-1)
     group_size = max(1, min(group_size, flat.numel()))  # a tensor smaller than a group is one group
     pad = (-flat.numel()) % group_size
-    if pad:
-        flat = torch.nn.functional.pad(flat, (0, pad))
+    if pad:  # repeat the last value: zeros would widen the tail group's range (and round values to 0)
+        flat = torch.cat([flat, flat[-1:].expand(pad)])
     return flat.contiguous().view(-1, group_size), group_size
 
 

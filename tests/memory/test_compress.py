@@ -253,9 +253,10 @@ def test_hooks_context_bytes_and_kept_tensors():
             out = model(x)
     assert cfg.bits == 2
     out.sum().backward()  # backward outside the block dequantizes
-    x_bytes = 500 * 64 * 4  # the input is a leaf: kept as is
-    act = (full.total - x_bytes) / (comp.total - x_bytes)
-    assert act > 15.0, act  # each ReLU output is shared with the next Linear: quantized once
+    # Saved: the input (a leaf without grad: compressed too) and two ReLU outputs, each shared with the
+    # next Linear and quantized once: 2 bits + 4 bytes per 256 values = 1/15.06 of float32.
+    assert comp.total == _qbytes(500 * 64) + 2 * _qbytes(500 * 128)
+    assert full.total / comp.total > 15.0
     with count_saved_bytes(exclude=model) as off:
         with compressed_activations(bits=2, enabled=False):
             model(x)

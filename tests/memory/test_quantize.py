@@ -111,7 +111,15 @@ def test_nbytes_and_ratio():
     r = quantize(x, 2, None)  # per-row: one group per node
     assert r.nbytes == 1000 * 64 + 1000 * 4
     assert quantize(torch.randn(3, 5), 1, 256).packed.numel() == 2  # smaller than a group: 15 bits -> 2 bytes
-    assert quantize(torch.randn(300), 2, 256).packed.shape == (2, 64)  # tail group zero-padded to 256
+    assert quantize(torch.randn(300), 2, 256).packed.shape == (2, 64)  # tail group padded to 256
+
+
+def test_tail_group_padding_keeps_range():
+    # 300 values >= 1 in groups of 256: the padded tail group must not reach down to 0.
+    x = torch.rand(300) * 100 + 1
+    for seed in range(20):
+        y = dequantize(quantize(x, 2, 256, seed=seed))
+        assert float(y.min()) >= 0.99
 
 
 def test_constant_rows_and_zero_range_exact():

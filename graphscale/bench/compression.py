@@ -1,0 +1,307 @@
+"""``graphscale bench compression``: what 2-bit activation compression (ActNN / EXACT) saves and costs.
+
+For GCN, GraphSAGE and GEN stacks on real data sets (Cora, CiteSeer), in one run and on the same graph:
+
+* activation bytes autograd keeps for backward (exact count, :func:`count_saved_bytes`; parameters
+  and the graph structure excluded, the input features of the step included) for float32, 8/4/2/1-bit
+  layers (``compress_model(..., hooks_fallback=True)``: message-passing internals quantized by scoped
+  hooks), 2 bits + random projection (EXACT), 2-bit per-node statistics (EXACT), 2-bit layers without
+  the fallback (``2bit-nofb``) and the model-agnostic 2-bit hooks (``hook_compression``);
+* time per training step (forward + backward + Adam), median over ``--time-steps``;
+* test accuracy at the best validation epoch, mean and std over ``--seeds`` seeds (float32 vs the
+  ``--accuracy-configs``);
+* gradient error at initialisation: relative bias ``|E[g] - g_fp32| / |g_fp32|`` and relative
+  standard deviation over ``--grad-draws`` quantization seeds (same dropout masks).
+
+Rows go to ``<out>/<tag>.csv`` and ``<out>/<tag>.json``, tagged with device, thread count and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+
+_CONFIGS = {
+    # name: (mode, bits, group_size, kept_frac)
+    "fp32": ("none", 32, None, 1.0),
+    "8bit": ("layers", 8, 256, 1.0),
+    "4bit": ("layers", 4, 256, 1.0),
+    "2bit": ("layers", 2, 256, 1.0),
+    "1bit": ("layers", 1, 256, 1.0),
+    "2bit-rp": ("layers", 2, 256, 0.125),
+    "2bit-node": ("layers", 2, None, 1.0),
+    "2bit-hooks": ("hooks", 2, 256, 1.0),
+    "2bit-nofb": ("layers-only", 2, 256, 1.0),
+}
+_MODELS = ("gcn", "sage", "gen")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("compression", help="activation compression: bytes, step time, accuracy, gradient error",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
+    p.add_argument("--root", default=os.path.join(os.environ.get("GRAPHSCALE_SHARED_DATA", "../shared/data"),
+                                                  "planetoid"), help="Planetoid data folder")
+    p.add_argument("--models", nargs="+", default=list(_MODELS), choices=_MODELS)
+    p.add_argument("--configs", nargs="+", default=list(_CONFIGS), choices=list(_CONFIGS))
+    p.add_argument("--accuracy-configs", nargs="+", default=["fp32", "2bit", "2bit-rp"], choices=list(_CONFIGS))
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--time-steps", type=int, default=20)
+    p.add_argument("--grad-draws", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: stable timings on a shared machine)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default="compression")
+    p.add_argument("--note", default="", help="free text stored with every row (e.g. 'shared 2-core machine')")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+def _build(kind: str, in_dim: int, hidden: int, out: int, layers: int, dropout: float):
+    import torch
+    from torch import nn
+    from torch_geometric.nn import GCNConv, GENConv, SAGEConv
+
+    class Net(nn.Module):
+        """``layers`` convolutions; between them LayerNorm -> ReLU -> Dropout (as modules, so
+        compress_model can swap them; the input features go straight into the first convolution)."""
+
+        def __init__(self):
+            super().__init__()
+            dims = [in_dim] + [hidden] * (layers - 1) + [out]
+
+            def conv(a, b):
+                if kind == "gcn":
+                    return GCNConv(a, b, normalize=False)  # pre-normalised adjacency
+                if kind == "sage":
+                    return SAGEConv(a, b, aggr="mean")
+                return GENConv(a, b, aggr="softmax", t=1.0, learn_t=True, num_layers=2, norm="layer")
+
+            self.convs = nn.ModuleList(conv(dims[i], dims[i + 1]) for i in range(layers))
+            self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers - 1))
+            self.acts = nn.ModuleList(nn.ReLU() for _ in range(layers - 1))
+            self.drops = nn.ModuleList(nn.Dropout(dropout) for _ in range(layers - 1))
+
+        def forward(self, x, graph):
+            h = x
+            for i, c in enumerate(self.convs):
+                h = c(h, graph)
+                if i < len(self.convs) - 1:
+                    h = self.drops[i](self.acts[i](self.norms[i](h)))
+            return h
+
+    del torch
+    return Net()
+
+
+def _graph(kind: str, edge_index, n: int):
+    """GCN: ``D^-1/2 (A + I) D^-1/2`` as a sparse CSR ``adj_t``; SAGE: ``A`` as CSR; GEN: ``edge_index``."""
+    import torch
+    if kind == "gen":
+        return edge_index
+    if kind == "gcn":
+        loops = torch.arange(n)
+        ei = torch.cat([edge_index, torch.stack([loops, loops])], 1)
+        deg = torch.zeros(n).index_add_(0, ei[1], torch.ones(ei.size(1)))
+        w = deg[ei[0]].rsqrt() * deg[ei[1]].rsqrt()
+    else:
+        ei, w = edge_index, torch.ones(edge_index.size(1))
+    # adj_t[i, j] = weight of the edge j -> i (PyG's convention for sparse adjacency inputs)
+    return torch.sparse_coo_tensor(torch.stack([ei[1], ei[0]]), w, (n, n)).coalesce().to_sparse_csr()
+
+
+def _apply(model, config: str):
+    from graphscale.memory import compress_model, hook_compression
+    mode, bits, group, kept = _CONFIGS[config]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode in ("layers", "layers-only"):
+            return compress_model(model, bits=bits, group_size=group, kept_frac=kept,
+                                  hooks_fallback=mode == "layers")
+        if mode == "hooks":
+            return hook_compression(model, bits=bits, group_size=group)
+    return model
+
+
+def _graph_tensors(graph):
+    import torch
+    if isinstance(graph, torch.Tensor) and graph.layout == torch.sparse_csr:
+        return [graph.crow_indices(), graph.col_indices(), graph.values()]
+    return [graph]
+
+
+def _saved_bytes(model, x, graph) -> int:
+    import torch
+    from graphscale.memory import count_saved_bytes
+    # Counted: everything autograd keeps for backward, the step's input features included (the first
+    # layer keeps them for its weight gradient; under sampling they are a fresh gather per step).
+    exclude = list(model.parameters()) + list(model.buffers()) + _graph_tensors(graph)
+    model.train()
+    torch.manual_seed(0)
+    with count_saved_bytes(exclude=exclude) as c:
+        out = model(x, graph)
+    del out
+    return c.total
+
+
+def _step_ms(model, data, graph, steps: int) -> float:
+    import torch
+    import torch.nn.functional as F
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    train = data.split["train"]
+    times = []
+    model.train()
+    for i in range(steps + 3):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(data.x, graph)[train], data.y[train])
+        loss.backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _accuracy(model, data, graph, epochs: int, lr: float, wd: float) -> float:
+    import torch
+    import torch.nn.functional as F
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    sp = data.split
+    best_val, test_at_best = -1.0, 0.0
+    for _ in range(epochs):
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(data.x, graph)[sp["train"]], data.y[sp["train"]]).backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            pred = model(data.x, graph).argmax(-1)
+        val = float((pred[sp["valid"]] == data.y[sp["valid"]]).float().mean())
+        if val > best_val:
+            best_val = val
+            test_at_best = float((pred[sp["test"]] == data.y[sp["test"]]).float().mean())
+    return test_at_best
+
+
+def _grad_error(make, config: str, data, graph, draws: int) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+    from graphscale.memory.quantize import set_seed
+
+    def grad(model, k):
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(123)  # identical dropout masks in every draw and every config
+        set_seed(k)
+        tr = data.split["train"]
+        F.cross_entropy(model(data.x, graph)[tr], data.y[tr]).backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+    ref = grad(make(), 0)
+    model = _apply(make(), config)
+    gs = torch.stack([grad(model, k) for k in range(draws)])
+    mean = gs.mean(0)
+    nrm = float(ref.norm())
+    bias = float((mean - ref).norm()) / nrm
+    std = math.sqrt(float(((gs - mean) ** 2).sum(1).mean())) / nrm
+    return bias, std
+
+
+def _env() -> dict:
+    import torch
+    import torch_geometric
+    from graphscale import _features
+    env = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
+           "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    if _features.WITH_TRITON:
+        import triton
+        env["triton"] = triton.__version__
+    return env
+
+
+def run(args) -> int:
+    import torch
+    from graphscale.data import load_dataset
+    from graphscale.errors import ConfigError
+
+    if args.seeds < 1 or args.epochs < 1 or args.layers < 2:
+        raise ConfigError(f"need --seeds >= 1, --epochs >= 1, --layers >= 2; got {args.seeds}, {args.epochs}, "
+                          f"{args.layers}")
+    torch.set_num_threads(args.threads)
+    env = _env()
+    configs = list(dict.fromkeys(["fp32"] + args.configs))
+    rows = []
+    for ds in args.datasets:
+        data = load_dataset(ds, args.root)
+        n, f_in, c = data.x.size(0), data.x.size(1), data.num_outputs
+        for kind in args.models:
+            graph = _graph(kind, data.edge_index, n)
+
+            def make(seed=0):
+                torch.manual_seed(seed)
+                return _build(kind, f_in, args.hidden, c, args.layers, args.dropout)
+
+            base = {}
+            for cfg in configs:
+                mode, bits, group, kept = _CONFIGS[cfg]
+                row = {"dataset": ds, "model": kind, "config": cfg, "mode": mode, "bits": bits,
+                       "group_size": group or 0, "kept_frac": kept, "num_nodes": n, "hidden": args.hidden,
+                       "layers": args.layers}
+                model = _apply(make(), cfg)
+                row["act_bytes"] = _saved_bytes(model, data.x, graph)
+                row["step_ms"] = _step_ms(_apply(make(), cfg), data, graph, args.time_steps)
+                if cfg == "fp32":
+                    base = dict(row)
+                    row["grad_rel_bias"], row["grad_rel_std"] = 0.0, 0.0
+                else:
+                    row["grad_rel_bias"], row["grad_rel_std"] = _grad_error(make, cfg, data, graph, args.grad_draws)
+                row["bytes_ratio"] = base["act_bytes"] / row["act_bytes"]
+                row["time_overhead"] = row["step_ms"] / base["step_ms"] - 1.0
+                if cfg in args.accuracy_configs:
+                    accs = []
+                    for s in range(args.seeds):
+                        from graphscale.memory.quantize import set_seed
+                        set_seed(s)
+                        accs.append(_accuracy(_apply(make(s), cfg), data, graph, args.epochs, args.lr,
+                                              args.weight_decay))
+                    row["acc_mean"] = statistics.mean(accs) * 100
+                    row["acc_std"] = (statistics.stdev(accs) if len(accs) > 1 else 0.0) * 100
+                    row["acc_seeds"] = len(accs)
+                    row["accs"] = [round(a * 100, 2) for a in accs]
+                row.update(env)
+                row["note"] = args.note
+                rows.append(row)
+                acc = f"  acc {row['acc_mean']:.2f}+-{row['acc_std']:.2f}" if "acc_mean" in row else ""
+                print(f"{ds:9s} {kind:5s} {cfg:10s} act {row['act_bytes'] / 2**20:8.3f} MiB  x{row['bytes_ratio']:6.2f}  "
+                      f"step {row['step_ms']:7.1f} ms ({row['time_overhead'] * 100:+5.0f}%)  grad bias "
+                      f"{row['grad_rel_bias']:.3f} std {row['grad_rel_std']:.3f}{acc}", flush=True)
+    _write(rows, args)
+    return 0
+
+
+def _write(rows: list[dict], args) -> None:
+    import csv
+    os.makedirs(args.out, exist_ok=True)
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and k != "accs"]
+    with open(os.path.join(args.out, f"{args.tag}.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in cols})
+    with open(os.path.join(args.out, f"{args.tag}.json"), "w") as fh:
+        json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows}, fh, indent=1)
+    print(f"wrote {os.path.join(args.out, args.tag)}.csv/.json")
