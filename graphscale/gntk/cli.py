@@ -47,7 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel SVM fits for --cv")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
-    p.add_argument("--chunk-nodes", type=int, default=None, help="padded nodes per block (default 2048 CPU, 8192 CUDA)")
+    p.add_argument("--chunk-nodes", type=int, default=None, help="padded nodes per block (default 512 CPU, 8192 CUDA)")
+    p.add_argument("--workers", type=int, default=None, help="block pairs computed in parallel (default: CPU threads)")
     p.add_argument("--compile", action="store_true",
                    help="fuse the element-wise ReLU update with torch.compile (faster on large sets; ~1 min to compile)")
     p.add_argument("--resume", action="store_true", help="require an existing chunk folder and continue it "
@@ -102,7 +103,8 @@ def run(args) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     gram = gram_matrix(ds.graphs, cfg, dtype=dtype, device=args.device, chunk_nodes=args.chunk_nodes,
-                       chunk_dir=chunk_dir, progress=not args.no_progress, compile=args.compile)
+                       chunk_dir=chunk_dir, progress=not args.no_progress, compile=args.compile,
+                       workers=args.workers)
     seconds = time.perf_counter() - t0
     np.save(out, gram)
     np.save(out[:-4] + ".labels.npy", ds.labels)

@@ -279,15 +279,17 @@ def _save_atomic(path: str, **arrays) -> None:
 
 
 def _default_chunk_nodes(device) -> int:
-    # CPU: 2048 padded nodes -> 4.2M pair entries, ~34 MB per float64 state tensor (about 8 live at the
-    # peak); larger chunks were not faster on this 2-core machine. GPUs want larger batched matmuls.
-    return 8192 if torch.device(device).type == "cuda" else 2048
+    # CPU: 512 padded nodes -> 262k pair entries, 2 MiB per float64 state tensor, so the ~10 element-wise
+    # passes per ReLU layer stay in cache. Measured (1 thread, MUTAG, L=1, R=2): CPU time 0.35 s at 1024,
+    # 0.21 s at 512, 0.22 s at 256, 0.41 s at 128 (per-chunk overhead); IMDB-B 5.7 s at 512, 6.2 s at 256.
+    # GPUs want large batched matmuls.
+    return 8192 if torch.device(device).type == "cuda" else 512
 
 
 def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: Sequence | None = None,
                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
                 chunk_nodes: int | None = None, chunk_dir: str | None = None,
-                progress: bool = True, compile: bool = False) -> np.ndarray:
+                progress: bool = True, compile: bool = False, workers: int | None = None) -> np.ndarray:
     """GNTK Gram matrix ``[G, G]`` (float64 numpy) of a list of graphs (Du et al., NeurIPS 2019).
 
     Args:
@@ -304,6 +306,9 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
         progress: show a tqdm bar over block pairs.
         compile: fuse the element-wise ReLU update with ``torch.compile`` (~2.4x faster update on CPU
             after a one-off compilation of about a minute; needs a C++ compiler on CPU).
+        workers: block pairs computed concurrently by threads. On CPU each runs with one intra-op
+            thread (``torch.set_num_threads(1)`` for the duration of the call); default: as many
+            workers as torch's intra-op threads on CPU, 1 on CUDA.
     """
     if dtype not in (torch.float64, torch.float32):
         raise ConfigError(f"gntk dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -319,44 +324,54 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
                                                      for j in range(i + 1, len(blocks))]
     gram = np.zeros((len(items), len(items)))
     diags: dict[int, Tensor] = {}
-    built: dict[int, _Block] = {}
+    # All blocks up front: their padded adjacencies total ~ sum_g n_g * max n in block, small next to a
+    # chunk's state, and the worker threads then share them read-only.
+    built = [_Block(items, idx, cfg.scale, dtype, device) for idx in blocks]
 
-    def block(k):
-        if k not in built:
-            if len(built) > 8:  # rows are visited in order: keep the row block, drop old column blocks
-                for key in list(built)[:-4]:
-                    built.pop(key)
-            built[k] = _Block(items, blocks[k], cfg.scale, dtype, device)
-        return built[k]
+    def compute(i: int, j: int):
+        path = os.path.join(chunk_dir, f"chunk_{i:05d}_{j:05d}.npz") if chunk_dir else None
+        if path and os.path.exists(path):
+            with np.load(path) as z:
+                return z["gram"], (torch.as_tensor(z["diags"], dtype=dtype, device=device) if i == j else None)
+        if i == j:
+            vals, d = block_pair(built[i], built[i], cfg, compile=compile)
+        else:
+            vals, d = block_pair(built[i], built[j], cfg, diags[i], diags[j], compile=compile)
+        vals = vals.double().cpu().numpy()
+        if i == j:  # (i, j) and (j, i) of a diagonal block differ by rounding: make it exactly symmetric
+            vals = 0.5 * (vals + vals.T)
+        if path:
+            extra = {"diags": d.cpu().numpy()} if i == j else {}
+            _save_atomic(path, gram=vals, **extra)
+        return vals, d
+
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pairs), desc="gntk gram", unit="chunk", disable=not progress,
                postfix={"graphs": len(items), "blocks": len(blocks)})
-    for i, j in pairs:
-        path = os.path.join(chunk_dir, f"chunk_{i:05d}_{j:05d}.npz") if chunk_dir else None
-        if path and os.path.exists(path):
-            with np.load(path) as z:
-                vals = z["gram"]
-                if i == j:
-                    diags[i] = torch.as_tensor(z["diags"], dtype=dtype, device=device)
-        else:
-            bi = block(i)
-            if i == j:
-                vals, d = block_pair(bi, bi, cfg, compile=compile)
-                diags[i] = d
-            else:
-                vals, _ = block_pair(bi, block(j), cfg, diags[i], diags[j], compile=compile)
-            vals = vals.double().cpu().numpy()
-            if i == j:  # (i, j) and (j, i) of a diagonal block differ by rounding: make it exactly symmetric
-                vals = 0.5 * (vals + vals.T)
-            if path:
-                extra = {"diags": diags[i].cpu().numpy()} if i == j else {}
-                _save_atomic(path, gram=vals, **extra)
-        gram[np.ix_(blocks[i], blocks[j])] = vals
-        gram[np.ix_(blocks[j], blocks[i])] = vals.T
-        bar.update(1)
-    bar.close()
+    threads = torch.get_num_threads()
+    cpu = torch.device(device).type == "cpu"
+    workers = int(workers or (threads if cpu else 1))
+    if cpu:
+        # Parallel over chunks (threads; torch releases the GIL), one intra-op thread each. Measured on
+        # the shared 2-core machine, MUTAG, 512-node chunks: 2 intra-op threads 12.0 s wall / 3.4 s CPU,
+        # 1 thread 0.44 s / 0.20 s (the threaded element-wise passes on cache-sized chunks mostly spin).
+        torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            nd = len(blocks)
+            for phase in (pairs[:nd], pairs[nd:]):  # diagonal blocks first: they give the normalisers
+                for (i, j), (vals, d) in zip(phase, pool.map(lambda p: compute(*p), phase)):
+                    if i == j:
+                        diags[i] = d
+                    gram[np.ix_(blocks[i], blocks[j])] = vals
+                    gram[np.ix_(blocks[j], blocks[i])] = vals.T
+                    bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
     return gram
 
 

@@ -40,8 +40,11 @@ def test_matches_kronecker_oracle(graphs, cfg, dtype):
 def test_block_size_does_not_change_result(graphs):
     cfg = GNTKConfig(2, 2, "degree", True)
     one = gram_matrix(graphs, cfg, chunk_nodes=10_000, progress=False)   # one block
-    many = gram_matrix(graphs, cfg, chunk_nodes=1, progress=False)       # one graph per block
+    many = gram_matrix(graphs, cfg, chunk_nodes=1, progress=False, workers=1)  # one graph per block
     np.testing.assert_allclose(one, many, rtol=1e-9)
+    threads = torch.get_num_threads()
+    np.testing.assert_array_equal(gram_matrix(graphs, cfg, chunk_nodes=1, progress=False, workers=3), many)
+    assert torch.get_num_threads() == threads
 
 
 def test_symmetric_psd():
