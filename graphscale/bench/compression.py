@@ -2,8 +2,8 @@
 
 For GCN, GraphSAGE and GEN stacks on real data sets (Cora, CiteSeer), in one run and on the same graph:
 
-* activation bytes autograd keeps for backward (exact count, :func:`count_saved_bytes`; parameters
-  and the graph structure excluded, the input features of the step included) for float32, 8/4/2/1-bit
+* activation bytes autograd keeps for backward (exact count, :func:`count_saved_bytes`; parameters,
+  the graph structure and the input features -- held by the data set -- excluded) for float32, 8/4/2/1-bit
   layers (``compress_model(..., hooks_fallback=True)``: message-passing internals quantized by scoped
   hooks), 2 bits + random projection (EXACT), 2-bit per-node statistics (EXACT), 2-bit layers without
   the fallback (``2bit-nofb``) and the model-agnostic 2-bit hooks (``hook_compression``);
@@ -144,9 +144,9 @@ def _graph_tensors(graph):
 def _saved_bytes(model, x, graph) -> int:
     import torch
     from graphscale.memory import count_saved_bytes
-    # Counted: everything autograd keeps for backward, the step's input features included (the first
-    # layer keeps them for its weight gradient; under sampling they are a fresh gather per step).
-    exclude = list(model.parameters()) + list(model.buffers()) + _graph_tensors(graph)
+    # Counted: everything autograd keeps for backward except parameters, the graph and the input
+    # features (held by the data set in full-batch training; every config keeps them by reference).
+    exclude = list(model.parameters()) + list(model.buffers()) + [x] + _graph_tensors(graph)
     model.train()
     torch.manual_seed(0)
     with count_saved_bytes(exclude=exclude) as c:

@@ -86,7 +86,8 @@ def _hooked_class(cls: type) -> type:
             c = self.compression
             if c is None or not (self.training and torch.is_grad_enabled()):
                 return cls.forward(self, *args, **kwargs)
-            with compressed_activations(c.bits, c.group_size, backend=c.backend):
+            with compressed_activations(c.bits, c.group_size, backend=c.backend,
+                                        compress_inputs=c.compress_inputs):
                 return cls.forward(self, *args, **kwargs)
 
         _HOOKED[cls] = type(f"Hooked{cls.__name__}", (_Compressed, cls),
@@ -98,7 +99,7 @@ def _hooked_class(cls: type) -> type:
 
 def _hooked(m: nn.Module, cfg: CompressionConfig | None) -> nn.Module:
     if cfg is not None and cfg.kept_frac < 1.0:  # the hooks never project (see graphscale.memory.hooks)
-        cfg = CompressionConfig(cfg.bits, cfg.group_size, 1.0, cfg.backend)
+        cfg = CompressionConfig(cfg.bits, cfg.group_size, 1.0, cfg.backend, cfg.compress_inputs)
     return _hooked_class(type(m)).convert(m, cfg)
 
 
@@ -157,7 +158,8 @@ def _resolve(preset, bits, group_size, kept_frac, norms, disable):
 
 def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256, kept_frac: float = 1.0,
                    preset: str | None = None, norms: bool = True, strict: bool = False, disable: bool = False,
-                   backend: str | None = None, hooks_fallback: bool = False) -> nn.Module:
+                   backend: str | None = None, hooks_fallback: bool = False,
+                   compress_inputs: bool = False) -> nn.Module:
     """Replace ``model``'s supported layers by activation-compressed twins, in place; returns the model.
 
     Supported (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally projected),
@@ -184,10 +186,12 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             scoped to their forward: every float tensor they save is quantized (no projection, no
             1-bit masks; see :mod:`graphscale.memory.hooks` for the caveat). Functional calls in a
             module's own forward that is not listed still stay uncompressed.
+        compress_inputs: also compress layer inputs without autograd history (the step's input
+            features; default: kept by reference, see :class:`CompressionConfig`).
     """
     cfg, norms, disable = _resolve(preset, bits, group_size, kept_frac, norms, disable)
-    if cfg is not None and backend is not None:
-        cfg = CompressionConfig(cfg.bits, cfg.group_size, cfg.kept_frac, backend)
+    if cfg is not None and (backend is not None or compress_inputs):
+        cfg = CompressionConfig(cfg.bits, cfg.group_size, cfg.kept_frac, backend, bool(compress_inputs))
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress_model expects an nn.Module, got {type(model).__name__}")
     use = None if disable else cfg
@@ -197,7 +201,7 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             is_norm = isinstance(m, (QLayerNorm, QBatchNorm1d))
             m.compression = use if (norms or not is_norm) else None
             if type(m) in _HOOKED.values() and use is not None and use.kept_frac < 1.0:
-                m.compression = CompressionConfig(use.bits, use.group_size, 1.0, use.backend)
+                m.compression = CompressionConfig(use.bits, use.group_size, 1.0, use.backend, use.compress_inputs)
             return m
         entry = _REPLACEMENTS.get(type(m))
         if entry is None:
@@ -239,7 +243,7 @@ class _HookState:
 
 
 def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 256, min_numel: int = 1024,
-                     disable: bool = False, backend: str | None = None) -> nn.Module:
+                     disable: bool = False, backend: str | None = None, compress_inputs: bool = False) -> nn.Module:
     """Make ``model``'s forward run inside :func:`~graphscale.memory.hooks.compressed_activations`
     while training (forward pre/post hooks; the module, its parameters and ``state_dict`` are untouched).
 
@@ -254,7 +258,8 @@ def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 2
         del model._graphscale_hook_compression
     if disable:
         return model
-    state = _HookState(dict(bits=bits, group_size=group_size, min_numel=min_numel, backend=backend))
+    state = _HookState(dict(bits=bits, group_size=group_size, min_numel=min_numel, backend=backend,
+                            compress_inputs=compress_inputs))
 
     def pre(module, args):
         if module.training and torch.is_grad_enabled() and state.ctx is None:

@@ -6,11 +6,11 @@ pack (:mod:`graphscale.memory.quantize`) and dequantizes it when backward unpack
 integer / bool tensors (indices, masks), tensors smaller than ``min_numel``, per-row statistics
 (``[..., 1]`` tensors such as LayerNorm's mean and rstd: 1/D of the bytes, and backward divides by
 them), tensors holding inf / NaN,
-and leaves that require grad (parameters, inputs being differentiated) and their views -- those stay
-alive outside autograd anyway, so a compressed copy would only add bytes. Leaves without grad (the
-input features of a step: a fresh gather per sampled subgraph) are compressed like activations. A
-tensor saved by several ops is quantized once and the packed copy shared (EXACT's trick), keyed by
-the tensor's identity and version.
+and leaves (parameters, input features) and their views -- those usually stay alive outside autograd
+anyway, so a compressed copy would only add bytes. ``compress_inputs=True`` compresses leaves without
+grad too (worth it when the step's input is a fresh gather, as under subgraph sampling). A tensor
+saved by several ops is quantized once and the packed copy shared (EXACT's trick), keyed by the
+tensor's identity and version.
 
 Caveat (as for GACT): an op whose backward is nonlinear in what it saved sees a quantized value. ReLU
 saving its output is exact at 0 but a positive value smaller than its group's step may read back as 0;
@@ -72,10 +72,11 @@ class SharedQuantized:
         self._entries.clear()
 
 
-def _is_param_like(t: Tensor) -> bool:
-    """A leaf that requires grad (a parameter, a differentiated input) or a view of one."""
+def _keep_leaf(t: Tensor, compress_inputs: bool) -> bool:
+    """Keep by reference: a leaf (or a view of one) that requires grad (a parameter, a differentiated
+    input), or any leaf unless ``compress_inputs``."""
     base = t._base if t._base is not None else t
-    return base.is_leaf and base.requires_grad
+    return base.is_leaf and (base.requires_grad or not compress_inputs)
 
 
 def _finite(q) -> bool:
@@ -87,7 +88,7 @@ def _finite(q) -> bool:
 @contextlib.contextmanager
 def compressed_activations(bits: int = 2, group_size: int | None = 256, min_numel: int = 1024,
                            enabled: bool = True, backend: str | None = None,
-                           kept_frac: float = 1.0) -> Iterator[CompressionConfig | None]:
+                           kept_frac: float = 1.0, compress_inputs: bool = False) -> Iterator[CompressionConfig | None]:
     """Quantize the activations autograd saves inside the block; backward dequantizes them.
 
     Example::
@@ -105,10 +106,11 @@ def compressed_activations(bits: int = 2, group_size: int | None = 256, min_nume
         enabled: ``False`` makes the block a no-op (the ``disable=`` switch, DESIGN.md rule 6).
         backend: quantization backend (``'torch'``, ``'triton'`` or ``'auto'``).
         kept_frac: must be 1.0 here (see the module docstring); projection is a layer-level option.
+        compress_inputs: also quantize saved leaves without grad (input features).
 
     Yields the :class:`CompressionConfig` in use (``None`` when disabled).
     """
-    cfg = CompressionConfig(bits, group_size, 1.0, backend)  # validates bits / group_size / backend
+    cfg = CompressionConfig(bits, group_size, 1.0, backend, bool(compress_inputs))  # validates the arguments
     if kept_frac != 1.0:
         raise ConfigError(f"compressed_activations does not apply random projection (kept_frac={kept_frac!r}): "
                           f"its reconstruction is unbiased only for matmul inputs; use "
@@ -122,7 +124,7 @@ def compressed_activations(bits: int = 2, group_size: int | None = 256, min_nume
 
     def pack(t: Tensor):
         if (not t.is_floating_point() or t.numel() < min_numel or t.layout != torch.strided
-                or (t.dim() >= 2 and t.shape[-1] == 1) or _is_param_like(t)):
+                or (t.dim() >= 2 and t.shape[-1] == 1) or _keep_leaf(t, cfg.compress_inputs)):
             report_ctx(t)
             return t
         q = cache.get(t, cfg, project=False)

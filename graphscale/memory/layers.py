@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphscale.memory.accounting import report_ctx
-from graphscale.memory.hooks import SharedQuantized, _finite, _is_param_like
+from graphscale.memory.hooks import SharedQuantized, _finite, _keep_leaf
 from graphscale.memory.quantize import CompressionConfig, pack_codes, unpack_codes
 
 __all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinear", "qrelu", "qdropout",
@@ -41,9 +41,10 @@ def stash(ctx, x: Tensor, cfg: CompressionConfig | None, project: bool = True,
           is_input: bool = True) -> tuple[Tensor, ...]:
     """Keep ``x`` for backward: compressed on ``ctx.stored`` (shared, reported to the accounting), or
     returned as ``(x,)`` for the caller to put last in ``save_for_backward``: with ``cfg=None``, for
-    inputs that require grad as leaves (they stay alive anyway: a copy would only add bytes), and for
-    tensors holding inf / NaN. ``is_input=False`` marks a tensor computed inside the Function."""
-    if cfg is None or (is_input and _is_param_like(x)):
+    leaf inputs (parameters, input features: alive anyway, a copy would only add bytes; see
+    ``CompressionConfig.compress_inputs``), and for tensors holding inf / NaN. ``is_input=False``
+    marks a tensor computed inside the Function (no history, yet an activation)."""
+    if cfg is None or (is_input and _keep_leaf(x, cfg.compress_inputs)):
         ctx.stored = None
         return (x,)
     q = shared_cache.get(x, cfg, project=project)

@@ -122,6 +122,15 @@ def test_saved_bytes_drop_by_exact_amount():
         model(x)
     qp = _qbytes(n * 8)
     assert proj.total == expected - q2 + qp
+    # A leaf input (the step's features) is kept by reference unless compress_inputs=True.
+    lin = compress_model(nn.Linear(d, d), bits=2)
+    with count_saved_bytes(exclude=lin) as ref:
+        lin(x)
+    assert ref.total == 4 * n * d
+    compress_model(lin, bits=2, compress_inputs=True)
+    with count_saved_bytes(exclude=lin) as cin:
+        lin(x)
+    assert cin.total == q2
 
 
 def test_shared_input_quantized_once():
@@ -253,10 +262,15 @@ def test_hooks_context_bytes_and_kept_tensors():
             out = model(x)
     assert cfg.bits == 2
     out.sum().backward()  # backward outside the block dequantizes
-    # Saved: the input (a leaf without grad: compressed too) and two ReLU outputs, each shared with the
-    # next Linear and quantized once: 2 bits + 4 bytes per 256 values = 1/15.06 of float32.
-    assert comp.total == _qbytes(500 * 64) + 2 * _qbytes(500 * 128)
-    assert full.total / comp.total > 15.0
+    # Saved: the input (a leaf: kept by reference) and two ReLU outputs, each shared with the next
+    # Linear and quantized once: 2 bits + 4 bytes per 256 values = 1/15.06 of float32.
+    x_bytes = 500 * 64 * 4
+    assert comp.total == x_bytes + 2 * _qbytes(500 * 128)
+    assert (full.total - x_bytes) / (comp.total - x_bytes) > 15.0
+    with count_saved_bytes(exclude=model) as comp_in:
+        with compressed_activations(bits=2, compress_inputs=True):
+            model(x)
+    assert comp_in.total == _qbytes(500 * 64) + 2 * _qbytes(500 * 128)
     with count_saved_bytes(exclude=model) as off:
         with compressed_activations(bits=2, enabled=False):
             model(x)

@@ -77,12 +77,11 @@ def test_uniform_noise_is_uniform_and_counter_based():
 
 def test_hash_matches_uint32_definition():
     # The int32 torch hash (and the Triton kernel, tested in test_quantize_triton) implement
-    # h = fmix32(fmix32(lo ^ k1) ^ (hi * 0x9E3779B9 + k2)) in wrapping uint32 arithmetic.
-    from graphscale.memory.quantize import _fmix32_int, _hash, _keys
+    # h = lowbias32(lo ^ k1 ^ (hi * 0x9E3779B9)) in wrapping uint32 arithmetic.
+    from graphscale.memory.quantize import _hash, _keys, _mix_int
 
     def ref(i, seed):
-        k1, k2 = _keys(seed)
-        return _fmix32_int(_fmix32_int((i & 0xFFFFFFFF) ^ k1) ^ (((i >> 32) * 0x9E3779B9 + k2) & 0xFFFFFFFF))
+        return _mix_int((i & 0xFFFFFFFF) ^ _keys(seed)[0] ^ (((i >> 32) * 0x9E3779B9) & 0xFFFFFFFF))
 
     idx = [0, 1, 2, 1000, 2**31 - 1, 2**31 + 5, 2**32 + 7, 3 * 2**40 + 11]
     got = (_hash(torch.tensor(idx), 7).long() & 0xFFFFFFFF).tolist()

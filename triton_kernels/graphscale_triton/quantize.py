@@ -5,7 +5,7 @@ as a contiguous ``[R, C]`` matrix (one row per node for EXACT's per-row mode, on
 ``group_size`` values for ActNN's per-group mode). Row ``r`` has a minimum ``mn[r]`` and a step
 ``scale[r]`` (16-bit floats); value ``x`` becomes the integer code
 ``floor((x - mn) * inv_scale + u)`` clamped to ``[0, 2**bits - 1]``, with ``u`` uniform in
-``[0, 1)`` drawn from a counter-based hash of ``(keys, element index)`` -- unbiased stochastic
+``[0, 1)`` drawn from a counter-based hash of ``(key, element index)`` -- unbiased stochastic
 rounding that consumes no global RNG state and is reproducible from the key. ``8 // bits`` codes
 share a byte, the first in the lowest bits.
 
@@ -22,12 +22,12 @@ __all__ = ["quantize_pack_forward", "unpack_dequantize_forward"]
 
 
 @triton.jit
-def _fmix32(h):
-    # MurmurHash3's 32-bit finaliser: a bijection on uint32 with full avalanche (wrapping multiplies).
+def _mix(h):
+    # Wellons' "lowbias32": a bijection on uint32 with full avalanche (wrapping multiplies).
     h ^= h >> 16
-    h *= 0x85EBCA6B
-    h ^= h >> 13
-    h *= 0xC2B2AE35
+    h *= 0x7FEB352D
+    h ^= h >> 15
+    h *= 0x846CA68B
     h ^= h >> 16
     return h
 
@@ -40,8 +40,7 @@ def _quantize_pack_kernel(
     out_ptr,    # *uint8 [R, NB] packed codes
     C,          # columns per row
     NB,         # bytes per packed row = ceil(C / VPB)
-    key1,       # uint32 stream keys derived from the seed
-    key2,
+    key1,       # uint32 stream key derived from the seed
     BITS: tl.constexpr,
     VPB: tl.constexpr,      # values per byte = 8 // BITS
     BLOCK_B: tl.constexpr,  # bytes handled by one program
@@ -57,7 +56,7 @@ def _quantize_pack_kernel(
     inv = tl.load(inv_ptr + row)
     lo = (idx & 0xFFFFFFFF).to(tl.uint32)
     hi = (idx >> 32).to(tl.uint32)
-    h = _fmix32(_fmix32(lo ^ key1.to(tl.uint32)) ^ (hi * 0x9E3779B9 + key2.to(tl.uint32)))
+    h = _mix(lo ^ key1.to(tl.uint32) ^ (hi * 0x9E3779B9))
     u = (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # top 24 bits / 2**24: uniform in [0, 1)
     code = tl.floor((x - mn) * inv + u)
     code = tl.minimum(tl.maximum(code, 0.0), (1 << BITS) - 1.0)
@@ -98,11 +97,11 @@ def _block_bytes(nb: int) -> int:
 
 
 def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.Tensor, bits: int,
-                          key1: int, key2: int) -> torch.Tensor:
+                          key: int) -> torch.Tensor:
     """Stochastically quantize the rows of ``x2d [R, C]`` and pack them into ``uint8 [R, ceil(C*bits/8)]``.
 
-    ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key1, key2``
-    are uint32 stream keys (the same keys and input give the same codes).
+    ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key`` is a
+    uint32 stream key (the same key and input give the same codes).
     """
     assert x2d.dim() == 2 and x2d.is_contiguous()
     R, C = x2d.shape
@@ -113,7 +112,7 @@ def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.
         return out
     block = _block_bytes(nb)
     grid = (R, triton.cdiv(nb, block))
-    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key1 & 0xFFFFFFFF, key2 & 0xFFFFFFFF,
+    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key & 0xFFFFFFFF,
                                 BITS=bits, VPB=vpb, BLOCK_B=block)
     return out
 
