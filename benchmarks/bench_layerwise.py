@@ -318,6 +318,23 @@ def summarise(rows: list[dict], tol: float) -> None:
             r["saved_bytes_ratio_vs_full"] = r["step_saved_bytes"] / full["step_saved_bytes"]
 
 
+def _write(all_rows: list, meta: dict, args) -> None:
+    """Write the CSV and JSON (called after every data set, so a long run keeps what it measured)."""
+    suffix = f"_{args.tag}" if args.tag else ""
+    fields = ["dataset", "method", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
+              "train_seconds", "controller_seconds", "controller_from", "partition_seconds", "target_valid",
+              "time_to_target", "speedup_vs_full", "test_at_target", "best_valid", "test_at_best_valid",
+              "final_valid", "final_test", "step_saved_bytes", "saved_bytes_ratio_vs_full", "peak_rss_bytes",
+              "peak_rss_growth_bytes", "wall_seconds"]
+    with open(os.path.join(HERE, "results", f"layerwise{suffix}.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields + ["device", "torch", "threads"])
+        for r in all_rows:
+            w.writerow([r.get(f, "") for f in fields] + [meta["device"], meta["versions"]["torch"], args.threads])
+    with open(os.path.join(HERE, "results", f"layerwise{suffix}.json"), "w") as fh:
+        json.dump({"meta": meta, "rows": all_rows}, fh, indent=1)
+
+
 def main(argv=None) -> int:
     from graphscale.memory.accounting import peak_rss_subprocess
 
@@ -364,20 +381,8 @@ def main(argv=None) -> int:
                   f"step saved {r['step_saved_bytes'] / 2**20:.2f} MiB  RSS growth "
                   f"{r['peak_rss_growth_bytes'] / 2**20:.0f} MiB", flush=True)
         all_rows += rows
+        _write(all_rows, meta, args)
 
-    suffix = f"_{args.tag}" if args.tag else ""
-    fields = ["dataset", "method", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
-              "train_seconds", "controller_seconds", "controller_from", "partition_seconds", "target_valid",
-              "time_to_target", "speedup_vs_full", "test_at_target", "best_valid", "test_at_best_valid",
-              "final_valid", "final_test", "step_saved_bytes", "saved_bytes_ratio_vs_full", "peak_rss_bytes",
-              "peak_rss_growth_bytes", "wall_seconds"]
-    with open(os.path.join(HERE, "results", f"layerwise{suffix}.csv"), "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(fields + ["device", "torch", "threads"])
-        for r in all_rows:
-            w.writerow([r.get(f, "") for f in fields] + [meta["device"], meta["versions"]["torch"], args.threads])
-    with open(os.path.join(HERE, "results", f"layerwise{suffix}.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": all_rows}, fh, indent=1)
     return 0
 
 
