@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["SavedBytes", "count_saved_bytes", "report_ctx", "profiled_forward_bytes",
-           "peak_rss_subprocess", "state_bytes", "tensor_bytes"]
+           "peak_rss_subprocess", "read_peak_rss", "state_bytes", "tensor_bytes"]
 
 _active = threading.local()
 
@@ -205,6 +205,21 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 
 # --------------------------------------------------------------------------------------------
 # Peak RSS of a fresh process.
+def read_peak_rss() -> int:
+    """This process's peak resident set size in bytes so far (``VmHWM``; ``ru_maxrss`` elsewhere).
+
+    Inside :func:`peak_rss_subprocess` the counter was reset just before the call, so this is the
+    call's high-water mark up to now (useful to read it before a phase that should not count).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 _CHILD = r"""
 import json, resource, sys, importlib
 import torch  # imported (and its import-time high-water mark reset below) before measuring

@@ -26,8 +26,8 @@ How this differs from PyG's ``GroupAddRev`` (and why it is faster per layer):
 
 Randomness (dropout inside ``f_i``) is made identical between the forward, the inverse and the
 recomputation (DESIGN.md rule 7) by drawing one seed per call from the global generator and running
-each ``f_i`` evaluation under ``torch.manual_seed(seed, block, group)`` inside
-:func:`torch.random.fork_rng`, which restores the caller's RNG state afterwards. The disabled path
+each ``f_i`` evaluation with the generator seeded from ``(seed, block, group)`` (:class:`SeededRNG`),
+restoring the caller's RNG state afterwards. The disabled path
 uses the same seeding, so ``disable=True`` and ``disable=False`` compute the same function.
 """
 from __future__ import annotations
@@ -67,27 +67,33 @@ def _seed_for(seed: int, block: int, group: int) -> int:
 
 
 class SeededRNG:
-    """Context: run under ``torch.manual_seed(seed)``, restoring the caller's RNG state afterwards.
+    """Context: run under a fixed seed, restoring the caller's RNG state afterwards.
 
-    ``seed=None`` does nothing. ``devices`` are the CUDA device indices whose state is forked.
-    Used to make dropout identical across re-evaluations of one block (DESIGN.md rule 7).
+    ``seed=None`` does nothing. ``devices`` are the CUDA device indices whose generator is seeded
+    too. Used to make dropout identical across re-evaluations of one block (DESIGN.md rule 7).
+    It touches the default generators directly: ``torch.manual_seed`` / ``fork_rng`` also queue
+    seeds for every lazy device backend (capturing a stack trace each time), which measured ~1 ms
+    per call here -- as much as a small block.
     """
 
-    __slots__ = ("seed", "devices", "_fork")
+    __slots__ = ("seed", "devices", "_saved")
 
-    def __init__(self, seed: int | None, devices: list[int]):
-        self.seed, self.devices, self._fork = seed, devices, None
+    def __init__(self, seed: int | None, devices: Sequence[int] = ()):
+        self.seed, self.devices, self._saved = seed, list(devices), None
 
     def __enter__(self):
-        if self.seed is not None:
-            self._fork = torch.random.fork_rng(devices=self.devices)
-            self._fork.__enter__()
-            torch.manual_seed(self.seed)
+        if self.seed is None:
+            return
+        gens = [torch.default_generator] + [torch.cuda.default_generators[d] for d in self.devices]
+        self._saved = [(g, g.get_state()) for g in gens]
+        for g in gens:
+            g.manual_seed(self.seed)
 
     def __exit__(self, *exc):
-        if self._fork is not None:
-            self._fork.__exit__(*exc)
-            self._fork = None
+        if self._saved is not None:
+            for g, state in self._saved:
+                g.set_state(state)
+            self._saved = None
         return False
 
 
