@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--chunk-nodes", type=int, default=None, help="padded nodes per block (default 512 CPU, 8192 CUDA)")
     p.add_argument("--workers", type=int, default=None, help="block pairs computed in parallel (default: CPU threads)")
     p.add_argument("--compile", action="store_true",
-                   help="fuse the element-wise ReLU update with torch.compile (faster on large sets; ~1 min to compile)")
+                   help="fuse the element-wise ReLU update with torch.compile (~1 min to compile)")
     p.add_argument("--resume", action="store_true", help="require an existing chunk folder and continue it "
                                                          "(resuming is automatic when the folder exists)")
     p.add_argument("--keep-chunks", action="store_true", help="keep <out>.chunks/ after writing the .npy")

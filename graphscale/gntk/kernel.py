@@ -107,13 +107,14 @@ def _relu_fn(compile: bool):
     return _COMPILED["relu"]
 
 
-def recursion(sigma0: Tensor, aggregate: Callable[[Tensor], Tensor], relu: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]],
+def recursion(sigma0: Tensor, aggregate: Callable[[Tensor], Tensor],
+              relu: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]],
               readout: Callable[[Tensor], Tensor], cfg: GNTKConfig) -> Tensor:
     """The GNTK recursion shared by the graph- and node-level kernels.
 
     ``aggregate(S)`` returns a new tensor (the BLOCK's neighbour aggregation); ``relu(sigma, ntk, k)``
-    applies ReLU layer ``k`` (``0 .. L*R-1``) and returns the new ``(sigma, ntk)``; ``readout(S)`` maps a state to the output (a
-    ``[g_I, g_J]`` sum per graph pair, or the node-pair matrix itself). Returns the readout of
+    applies ReLU layer ``k`` (``0 .. L*R-1``) and returns the new ``(sigma, ntk)``; ``readout(S)`` maps a
+    state to the output (a ``[g_I, g_J]`` sum per graph pair, or the node-pair matrix itself). Returns the readout of
     ``Theta^(L)``, or with ``cfg.jk`` ``readout(Sigma^(0)) + sum_l readout(Theta^(l))``.
     """
     out = readout(sigma0) if cfg.jk else None

@@ -57,8 +57,8 @@ def cross_validate(gram: np.ndarray, labels: np.ndarray, folds, *, c_grid=None,
 
     Returns:
         ``{'variants': {name: {'C': [...], 'mean': [...], 'std': [...], 'train_mean': [...], 'best_C',
-        'best_mean', 'best_std', 'best_fold_acc': [...]}}, 'best': {'variant', 'C', 'mean', 'std'}}``;
-        accuracies in ``[0, 1]``.
+        'best_mean', 'best_std', 'best_fold_acc': [...], 'fits_stopped_at_max_iter'}}, 'best': {'variant',
+        'C', 'mean', 'std'}}``; accuracies in ``[0, 1]``.
     """
     from joblib import Parallel, delayed
     from sklearn.svm import SVC
@@ -69,10 +69,17 @@ def cross_validate(gram: np.ndarray, labels: np.ndarray, folds, *, c_grid=None,
     c_grid = default_c_grid() if c_grid is None else np.asarray(c_grid, dtype=np.float64)
 
     def fit(k, tr, te, c):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
         svc = SVC(kernel="precomputed", C=c, max_iter=int(max_iter))
-        svc.fit(k[np.ix_(tr, tr)], labels[tr])
+        with warnings.catch_warnings(record=True) as caught:  # counted and reported, not printed per fit
+            warnings.simplefilter("always", ConvergenceWarning)
+            svc.fit(k[np.ix_(tr, tr)], labels[tr])
+        stopped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
         return (float(np.mean(svc.predict(k[np.ix_(te, tr)]) == labels[te])),
-                float(np.mean(svc.predict(k[np.ix_(tr, tr)]) == labels[tr])))
+                float(np.mean(svc.predict(k[np.ix_(tr, tr)]) == labels[tr])), stopped)
 
     out = {"variants": {}, "num_folds": len(folds), "c_grid": c_grid.tolist()}
     for name in variants:
@@ -89,14 +96,15 @@ def cross_validate(gram: np.ndarray, labels: np.ndarray, folds, *, c_grid=None,
         res = Parallel(n_jobs=n_jobs)(delayed(fit)(k, tr, te, c) for _, _, c, tr, te in jobs)
         test = np.zeros((len(c_grid), len(folds)))
         train = np.zeros_like(test)
-        for (ci, fi, *_), (a_te, a_tr) in zip(jobs, res):
+        for (ci, fi, *_), (a_te, a_tr, _) in zip(jobs, res):
             test[ci, fi], train[ci, fi] = a_te, a_tr
         mean, std = test.mean(1), test.std(1)
         b = int(np.argmax(mean))  # first (smallest) C among ties
         out["variants"][name] = {"C": c_grid.tolist(), "mean": mean.tolist(), "std": std.tolist(),
                                  "train_mean": train.mean(1).tolist(), "best_C": float(c_grid[b]),
                                  "best_mean": float(mean[b]), "best_std": float(std[b]),
-                                 "best_fold_acc": test[b].tolist()}
+                                 "best_fold_acc": test[b].tolist(),
+                                 "fits_stopped_at_max_iter": int(sum(r[2] for r in res))}
     name = max(out["variants"], key=lambda v: out["variants"][v]["best_mean"])
     v = out["variants"][name]
     out["best"] = {"variant": name, "C": v["best_C"], "mean": v["best_mean"], "std": v["best_std"]}
