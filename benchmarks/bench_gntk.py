@@ -225,6 +225,8 @@ def accuracy(datasets, kind: str, dtype: str, compile_: bool, c_points: int) -> 
         print(f"BEST {name}: {best['config']} {best['variant']}: {best['acc_mean']} +- {best['acc_std']} "
               f"(paper {PAPER[name][0]} +- {PAPER[name][1]})", flush=True)
         rows.append({**best, "variant": "BEST:" + best["variant"]})
+        write("accuracy", rows)  # per data set, so an interrupted run keeps what it finished
+        rows = []
     return rows
 
 
@@ -256,7 +258,7 @@ def main():
         elif section == "reference":
             write("reference", reference(cfg, args.ref_procs, args.imdb_pairs))
         else:
-            write("accuracy", accuracy(args.datasets, args.grid, args.dtype, args.compile, args.c_grid))
+            accuracy(args.datasets, args.grid, args.dtype, args.compile, args.c_grid)
 
 
 if __name__ == "__main__":
