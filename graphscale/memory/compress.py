@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from graphscale.errors import ConfigError
-from graphscale.memory.hooks import compressed_activations
+from graphscale.memory.hooks import compressed_activations, step_inputs
 from graphscale.memory.layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
                                       _Compressed, _PyGLinear)
 from graphscale.memory.quantize import CompressionConfig
@@ -220,6 +220,7 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             if new is not child:
                 setattr(parent, name, new)
 
+    _track_inputs(root)
     left = find_uncompressed(root)
     if not norms:
         left = [(n, c) for n, c in left if c not in ("LayerNorm", "BatchNorm1d")]
@@ -232,6 +233,36 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             raise UncompressedLayersError(msg)
         warnings.warn(msg, stacklevel=2)
     return root
+
+
+def _flat_tensors(args, kwargs) -> list:
+    out = []
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            out += [b for b in a if isinstance(b, torch.Tensor)]
+        elif isinstance(a, torch.Tensor):
+            out.append(a)
+    return out
+
+
+def _track_inputs(root: nn.Module) -> None:
+    """Make ``root``'s forward declare its tensor arguments the step inputs (see ``step_inputs``)."""
+    if getattr(root, "_graphscale_input_tracker", None) is not None:
+        return
+    state = {"ctx": None}
+
+    def pre(module, args, kwargs):
+        if state["ctx"] is None:
+            state["ctx"] = step_inputs(_flat_tensors(args, kwargs))
+            state["ctx"].__enter__()
+
+    def post(module, args, kwargs, output):
+        if state["ctx"] is not None:
+            ctx, state["ctx"] = state["ctx"], None
+            ctx.__exit__(None, None, None)
+
+    root._graphscale_input_tracker = (root.register_forward_pre_hook(pre, with_kwargs=True),
+                                      root.register_forward_hook(post, with_kwargs=True, always_call=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +288,11 @@ def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 2
             h.remove()
         del model._graphscale_hook_compression
     if disable:
+        tracker = getattr(model, "_graphscale_input_tracker", None)
+        if tracker is not None and not any(isinstance(m, _Compressed) for m in model.modules()):
+            for h in tracker:
+                h.remove()
+            model._graphscale_input_tracker = None
         return model
     state = _HookState(dict(bits=bits, group_size=group_size, min_numel=min_numel, backend=backend,
                             compress_inputs=compress_inputs))
@@ -274,4 +310,5 @@ def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 2
     state.handles = [model.register_forward_pre_hook(pre),
                      model.register_forward_hook(post, always_call=True)]
     model._graphscale_hook_compression = state
+    _track_inputs(model)
     return model

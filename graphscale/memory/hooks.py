@@ -24,6 +24,7 @@ The innermost ``saved_tensors_hooks`` wins, so byte counting under this context 
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from typing import Iterator
 
@@ -34,7 +35,7 @@ from graphscale.errors import ConfigError
 from graphscale.memory.accounting import report_ctx
 from graphscale.memory.quantize import CompressionConfig, Projected, QuantizedTensor
 
-__all__ = ["compressed_activations", "SharedQuantized"]
+__all__ = ["compressed_activations", "SharedQuantized", "step_inputs"]
 
 
 class SharedQuantized:
@@ -72,11 +73,40 @@ class SharedQuantized:
         self._entries.clear()
 
 
+# The tensors passed to the forward of the model being compressed (set by compress_model /
+# hook_compression around the root forward): only those leaves are "inputs held by the caller".
+_step_inputs = threading.local()
+
+
+@contextlib.contextmanager
+def step_inputs(tensors) -> Iterator[None]:
+    """Declare ``tensors`` the current step's inputs (kept by reference, not compressed) while the block
+    runs; other tensors without autograd history are compressed as activations."""
+    prev = getattr(_step_inputs, "ids", None)
+    _step_inputs.ids = {id(t): weakref.ref(t) for t in tensors if isinstance(t, Tensor)}
+    try:
+        yield
+    finally:
+        _step_inputs.ids = prev
+
+
 def _keep_leaf(t: Tensor, compress_inputs: bool) -> bool:
     """Keep by reference: a leaf (or a view of one) that requires grad (a parameter, a differentiated
-    input), or any leaf unless ``compress_inputs``."""
+    input), or -- unless ``compress_inputs`` -- a step input. Outside :func:`step_inputs` every leaf
+    counts as an input; inside, a grad-free leaf that is not an input (e.g. features aggregated from
+    the raw input) is an activation."""
     base = t._base if t._base is not None else t
-    return base.is_leaf and (base.requires_grad or not compress_inputs)
+    if not base.is_leaf:
+        return False
+    if base.requires_grad:
+        return True
+    if compress_inputs:
+        return False
+    ids = getattr(_step_inputs, "ids", None)
+    if ids is None:
+        return True
+    ref = ids.get(id(base))
+    return ref is not None and ref() is base
 
 
 def _finite(q) -> bool:
