@@ -112,8 +112,8 @@ class CSR:
         counts = torch.bincount(dst, minlength=num_dst)
         rowptr = torch.zeros(num_dst + 1, dtype=torch.long, device=dst.device)
         torch.cumsum(counts, 0, out=rowptr[1:])
-        value = None if edge_weight is None else edge_weight[perm]
-        return cls(rowptr, src[perm], num_cols=num_src, value=value, perm=perm, validate=False)
+        value = None if edge_weight is None else edge_weight.index_select(0, perm)
+        return cls(rowptr, src.index_select(0, perm), num_cols=num_src, value=value, perm=perm, validate=False)
 
     @classmethod
     def from_sparse(cls, adj_t: Tensor) -> "CSR":
@@ -193,7 +193,7 @@ class CSR:
             counts = torch.bincount(self.col, minlength=self.num_cols)
             rowptr = torch.zeros(self.num_cols + 1, dtype=torch.long, device=self.device)
             torch.cumsum(counts, 0, out=rowptr[1:])
-            self._t = CSR(rowptr, self.row[perm], num_cols=self.num_rows, perm=perm, validate=False)
+            self._t = CSR(rowptr, self.row.index_select(0, perm), num_cols=self.num_rows, perm=perm, validate=False)
             self._t._t = self  # the transpose of the transpose is this object (a cycle; gc handles it)
         return self._t
 
@@ -204,7 +204,7 @@ class CSR:
         if edge_values.size(0) != self.num_edges:
             raise ValueError(f"per-edge values must have {self.num_edges} rows (one per edge), got "
                              f"{tuple(edge_values.shape)}")
-        return edge_values[self.perm]
+        return edge_values.index_select(0, self.perm)
 
     def sparse_tensor(self, value: Optional[Tensor], dtype: torch.dtype) -> Tensor:
         """``torch.sparse_csr_tensor`` view of the structure with ``value`` (or ones), no copy."""
