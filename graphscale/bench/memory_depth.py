@@ -266,8 +266,6 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def run(args) -> int:
-    import csv
-
     import torch
 
     from graphscale.errors import ConfigError

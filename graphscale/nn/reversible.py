@@ -9,15 +9,14 @@ which is inverted group by group, backwards: ``X_i = X'_i - f_i(X'_{i-1})`` for 
 ``X'_0 = sum_{i>=2} X_i`` and ``X_1 = X'_1 - f_1(X'_0)``. A block therefore never has to keep its
 input: backward rebuilds it from the output.
 
-How this differs from PyG's ``GroupAddRev`` (and why it is faster per layer):
+How this differs from PyG's ``GroupAddRev`` (measured in ``docs/deep-blocks.md``):
 
 * A whole stack of blocks is one :class:`torch.autograd.Function` (:class:`RevStack`). Its backward
   walks the blocks in reverse in a plain loop, so the autograd engine sees one node instead of one
-  per block. PyG builds one ``InvertibleFunction`` per block whose ``ctx`` holds the block's output
-  *tensor with its grad_fn*, which makes a reference cycle per block (output -> grad_fn -> ctx ->
-  output): every training step leaves ``L`` cycles to Python's cyclic garbage collector, and each
-  gen-2 collection walks all live objects, so time per layer grows with depth. Here ``ctx`` holds
-  only a detached alias of the output: no cycles.
+  per block, and ``ctx`` holds only a detached alias of the output. PyG builds one
+  ``InvertibleFunction`` per block whose ``ctx`` holds the block's output *tensor with its grad_fn*
+  (a reference cycle per block, output -> grad_fn -> ctx -> output, left to Python's cyclic
+  garbage collector) and runs a re-entrant ``torch.autograd.grad`` per block inside the engine.
 * Inversion and recomputation are fused: for group ``i`` the inverse needs ``f_i(X'_{i-1})``, the
   very value whose vector-Jacobian product backward needs. Evaluating it once with grad enabled
   gives both the reconstructed ``X_i`` and the graph for the gradient, so a block costs one
