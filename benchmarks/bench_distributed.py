@@ -53,8 +53,11 @@ def run_one(nproc: int, args, hook: str, root: str) -> dict:
            f"train.comm_hook={hook}", "train.powersgd_start_iter=2", "log.progress=false", "--out", out]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
+    # Same intra-op threads per process for every N (torchrun sets OMP_NUM_THREADS=1 per worker by default;
+    # an unpinned 1-process run would use all cores and spin its OpenMP threads on a busy machine).
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -65,7 +68,7 @@ def run_one(nproc: int, args, hook: str, root: str) -> dict:
         raise SystemExit("--epochs must be >= 3 (epoch 1 is warm-up, the last one evaluates)")
     epoch_s = sorted(secs)[len(secs) // 2]  # median: the machine is shared, single epochs spike
     dist = res.get("distributed", {})
-    return {"nproc": nproc, "comm_hook": hook, "nodes": args.nodes, "parts_per_epoch": args.parts,
+    return {"nproc": nproc, "threads_per_process": args.threads, "comm_hook": hook, "nodes": args.nodes, "parts_per_epoch": args.parts,
             "epochs": args.epochs, "epoch_seconds_median": epoch_s, "parts_per_second": args.parts / epoch_s,
             "wall_seconds": wall, "loss_last": rows[-1]["loss"],
             "allreduce_bytes_per_step": dist.get("allreduce_bytes_per_step"),
@@ -80,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=int, default=20_000)
     p.add_argument("--parts", type=int, default=10)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
     p.add_argument("--device", default="cpu", help="cpu | cuda (nccl, one GPU per process)")
     p.add_argument("--root", default=os.path.join(REPO, "data"), help="data root (synthetic set written there)")
     p.add_argument("--note", default="", help="free text stored with every row (e.g. 'machine shared')")
