@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,12 +65,20 @@ def unstash(ctx) -> Tensor:
 
 
 def pack_mask(mask: Tensor) -> Tensor:
-    """Bool tensor -> ``uint8 [ceil(numel / 8)]`` (1 bit per element)."""
+    """Bool tensor -> ``uint8 [ceil(numel / 8)]`` (1 bit per element, the first in the lowest bit)."""
+    if mask.device.type == "cpu":
+        # numpy's packbits: measured 0.01 ms vs 0.2 ms for the torch bit loop on 347k values (unpack:
+        # 0.03 vs 1.3 ms), one thread.
+        return torch.from_numpy(np.packbits(mask.reshape(-1).numpy(), bitorder="little"))
     return pack_codes(mask.reshape(1, -1), 1).view(-1)
 
 
 def unpack_mask(packed: Tensor, shape: torch.Size) -> Tensor:
-    return unpack_codes(packed.view(1, -1), 1, math.prod(shape)).view(shape).bool()
+    """Inverse of :func:`pack_mask`: a bool tensor of ``shape``."""
+    n = math.prod(shape)
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little")).view(shape).bool()
+    return unpack_codes(packed.view(1, -1), 1, n).view(shape).bool()
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +171,10 @@ class _QLayerNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, normalized_shape, eps, cfg):
         k = len(normalized_shape)
         x2 = x.reshape(-1, math.prod(normalized_shape))
-        var, mean = torch.var_mean(x2, dim=1, keepdim=True, correction=0)
-        rstd = torch.rsqrt(var + eps)
-        x_hat = (x2 - mean) * rstd
+        # torch's kernel without affine gives x_hat and rstd (measured 1.0 ms vs 5.6 ms for var_mean
+        # + arithmetic on [2708, 128], one thread).
+        x_hat, _, rstd = torch.native_layer_norm(x2, (x2.shape[1],), None, None, eps)
+        rstd = rstd.view(-1, 1)
         out = x_hat.view(x.shape)
         if weight is not None:
             out = out * weight

@@ -332,7 +332,9 @@ def _row_stats(x2d: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
     if x2d.shape[1] == 0:
         z = torch.zeros(x2d.shape[0], device=x2d.device)
         return z.half(), z.half(), z
-    lo, hi = torch.aminmax(x2d.float(), dim=1)
+    xf = x2d.float()
+    # amin + amax, not aminmax: measured 0.04 vs 2.5 ms on [1354, 256] (one thread).
+    lo, hi = xf.amin(1), xf.amax(1)
     span = (hi - lo) / levels
     # Half the float16 maximum leaves room for the outward rounding of mn and scale.
     fits = x2d.shape[0] == 0 or bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()

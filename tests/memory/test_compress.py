@@ -99,6 +99,15 @@ def test_layers_match_torch_forward_and_masks():
     assert 0.5 < float(keep.double().mean()) < 0.95
 
 
+def test_mask_pack_round_trip():
+    from graphscale.memory.layers import pack_mask, unpack_mask
+    for shape in [(1,), (7,), (3, 5), (13, 37)]:
+        m = torch.rand(shape) > 0.5
+        p = pack_mask(m)
+        assert p.dtype == torch.uint8 and p.numel() == math.ceil(m.numel() / 8)
+        assert torch.equal(unpack_mask(p, m.shape), m)
+
+
 def test_saved_bytes_drop_by_exact_amount():
     torch.manual_seed(0)
     n, d = 1000, 64
