@@ -380,3 +380,45 @@ def test_composes_with_reversible_stack():
     assert any(isinstance(m, QLinear) for m in stack.modules())
     g = grads(stack)
     assert float((g - ref).norm() / ref.norm()) < 0.02
+
+
+def test_composes_with_deq_and_registered_revgnn():
+    from graphscale.nn import DEQBlock
+    from graphscale.train.build import DatasetInfo, build_model
+    from graphscale.train.config import ModelConfig
+
+    class F(nn.Module):  # contractive: small weights, LayerNorm of z + x injection
+        def __init__(self, d):
+            super().__init__()
+            self.lin, self.norm = nn.Linear(d, d), nn.LayerNorm(d)
+            with torch.no_grad():
+                self.lin.weight.mul_(0.3)
+
+        def forward(self, z, x, edge_index):
+            return self.norm(torch.tanh(self.lin(z)) + x)
+
+    torch.manual_seed(0)
+    deq = DEQBlock(F(12), solver="fixed-point", max_iter=60, tol=1e-6, warn=False).double()
+    x = torch.randn(40, 12, dtype=F64)
+
+    def grads(model, *args):
+        model.zero_grad()
+        torch.manual_seed(0)
+        model(*args).pow(2).sum().backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+    ref = grads(deq, x, None)
+    compress_model(deq, bits=8, strict=True)  # Linear + LayerNorm inside f: everything covered
+    assert isinstance(deq.f.lin, QLinear) and isinstance(deq.f.norm, QLayerNorm)
+    g = grads(deq, x, None)
+    assert float((g - ref).norm() / ref.norm()) < 0.05
+    # The RevGNN recipe from the model registry: converts and trains.
+    cfg = ModelConfig(name="revgnn", hidden_channels=16, num_layers=2)
+    model = build_model(cfg, DatasetInfo(num_features=8, num_outputs=3, edge_dim=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compress_model(model, bits=2, hooks_fallback=True)
+    ei = torch.randint(0, 30, (2, 120))
+    out = model(torch.randn(30, 8), ei)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
