@@ -362,15 +362,19 @@ def write(rows: list, tags: dict, args) -> None:
             w.writeheader()
             for r in rs:
                 w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+    # partition.json keeps the latest run of every section, each with the command that produced it.
     path = os.path.join(RESULTS, "partition.json")
-    old = {}
+    command = "python benchmarks/bench_partition.py " + " ".join(sys.argv[1:])
+    sections = {}
     if os.path.isfile(path):
         with open(path) as fh:
-            old = json.load(fh).get("sections", {})
-    old.update({s: rs for s, rs in by_section.items()})
+            prev = json.load(fh)
+        for name, sec in prev.get("sections", {}).items():  # older files: a bare list of rows
+            sections[name] = sec if isinstance(sec, dict) else {"command": prev.get("command"), "rows": sec}
+    for name, rs in by_section.items():
+        sections[name] = {"command": command, "rows": rs}
     with open(path, "w") as fh:
-        json.dump({"command": "python benchmarks/bench_partition.py " + " ".join(sys.argv[1:]), "tags": tags,
-                   "sections": old}, fh, indent=1)
+        json.dump({"sections": sections}, fh, indent=1)
     print(f"wrote {RESULTS}/partition.json and partition_<section>.csv", flush=True)
 
 
