@@ -19,7 +19,8 @@ Per (model, depth), in a fresh process: parameters; activation bytes saved for b
 saved-tensor hooks de-duplicated by storage + tensors custom Functions report on ctx); bytes held
 after the forward (the profiler cross-check, sees PyG's ctx stashes too); peak memory (CUDA
 ``max_memory_allocated`` on GPU, peak RSS of the process during the timed steps on CPU); seconds
-per training step (forward + backward + SGD step; the minimum over the timed steps, all kept).
+per training step (forward + backward + SGD step; the minimum over the timed steps, all kept), and
+the process CPU seconds of that step (``step_cpu_s``; robust to other jobs on a shared machine).
 """
 from __future__ import annotations
 
@@ -172,13 +173,15 @@ def measure(model: str, depth: int, nodes: int, edges: int, channels: int, group
     if dev.type == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
         sync()
         times.append(time.perf_counter() - t0)
+        # process CPU time: robust to other jobs on a shared machine (wall time is not)
+        cpu_times.append(time.process_time() - c0)
     if dev.type == "cuda":
         peak, peak_kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
     else:
@@ -201,6 +204,7 @@ def measure(model: str, depth: int, nodes: int, edges: int, channels: int, group
         "peak_kind": peak_kind,
         "step_s": min(times) if times else None,
         "step_s_all": times,
+        "step_cpu_s": min(cpu_times) if cpu_times else None,
         "loss": loss if times else None,
     }
 
