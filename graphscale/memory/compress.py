@@ -228,7 +228,7 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
         listing = ", ".join(f"{n} ({c})" for n, c in left)
         msg = (f"compress_model left {len(left)} module(s) uncompressed (their saved activations stay "
                f"full precision): {listing}. Use hooks_fallback=True (or hook_compression(model)) to cover "
-               f"them, register_compressed() to add a replacement, or strict=False to accept.")
+               f"them or register_compressed() to add a replacement (strict=True turns this warning into an error).")
         if strict:
             raise UncompressedLayersError(msg)
         warnings.warn(msg, stacklevel=2)
