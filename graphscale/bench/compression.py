@@ -7,7 +7,8 @@ For GCN, GraphSAGE and GEN stacks on real data sets (Cora, CiteSeer), in one run
   layers (``compress_model(..., hooks_fallback=True)``: message-passing internals quantized by scoped
   hooks), 2 bits + random projection (EXACT), 2-bit per-node statistics (EXACT), 2-bit layers without
   the fallback (``2bit-nofb``) and the model-agnostic 2-bit hooks (``hook_compression``);
-* time per training step (forward + backward + Adam), median over ``--time-steps``;
+* time per training step (forward + backward + Adam), median over ``--time-steps``, each config
+  timed interleaved with a float32 twin (overhead = same-window ratio; the machine may be shared);
 * test accuracy at the best validation epoch, mean and std over ``--seeds`` seeds (float32 vs the
   ``--accuracy-configs``);
 * gradient error at initialisation: relative bias ``|E[g] - g_fp32| / |g_fp32|`` and relative
@@ -49,7 +50,8 @@ def add_parser(subparsers) -> None:
                                                   "planetoid"), help="Planetoid data folder")
     p.add_argument("--models", nargs="+", default=list(_MODELS), choices=_MODELS)
     p.add_argument("--configs", nargs="+", default=list(_CONFIGS), choices=list(_CONFIGS))
-    p.add_argument("--accuracy-configs", nargs="+", default=["fp32", "2bit", "2bit-rp"], choices=list(_CONFIGS))
+    p.add_argument("--accuracy-configs", nargs="*", default=["fp32", "2bit", "2bit-rp"], choices=list(_CONFIGS),
+                   help="configs trained for accuracy (none: skip training)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.5)
@@ -58,7 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--time-steps", type=int, default=20)
-    p.add_argument("--grad-draws", type=int, default=16)
+    p.add_argument("--grad-draws", type=int, default=16, help="quantization seeds for the gradient error (0: skip)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: stable timings on a shared machine)")
     p.add_argument("--out", default="benchmarks/results")
@@ -155,22 +157,25 @@ def _saved_bytes(model, x, graph) -> int:
     return c.total
 
 
-def _step_ms(model, data, graph, steps: int) -> float:
+def _step_ms(models, data, graph, steps: int) -> list[float]:
+    """Median ms per training step (forward + backward + Adam) of each model. The models' steps are
+    interleaved (A, B, A, B, ...) so load changes on a shared machine hit them alike."""
     import torch
     import torch.nn.functional as F
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
     train = data.split["train"]
-    times = []
-    model.train()
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        loss = F.cross_entropy(model(data.x, graph)[train], data.y[train])
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    times = [[] for _ in models]
+    for m in models:
+        m.train()
+    for i in range(steps + 2):
+        for k, (m, opt) in enumerate(zip(models, opts)):
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            F.cross_entropy(m(data.x, graph)[train], data.y[train]).backward()
+            opt.step()
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 def _accuracy(model, data, graph, epochs: int, lr: float, wd: float) -> float:
@@ -261,14 +266,19 @@ def run(args) -> int:
                        "layers": args.layers}
                 model = _apply(make(), cfg)
                 row["act_bytes"] = _saved_bytes(model, data.x, graph)
-                row["step_ms"] = _step_ms(_apply(make(), cfg), data, graph, args.time_steps)
                 if cfg == "fp32":
+                    row["step_ms"] = row["fp32_step_ms"] = _step_ms([make()], data, graph, args.time_steps)[0]
                     base = dict(row)
                     row["grad_rel_bias"], row["grad_rel_std"] = 0.0, 0.0
                 else:
-                    row["grad_rel_bias"], row["grad_rel_std"] = _grad_error(make, cfg, data, graph, args.grad_draws)
+                    # timed interleaved with a float32 twin: the overhead is a same-window ratio
+                    row["step_ms"], row["fp32_step_ms"] = _step_ms([_apply(make(), cfg), make()], data, graph,
+                                                                   args.time_steps)
+                    row["grad_rel_bias"], row["grad_rel_std"] = (
+                        _grad_error(make, cfg, data, graph, args.grad_draws) if args.grad_draws > 0
+                        else (math.nan, math.nan))
                 row["bytes_ratio"] = base["act_bytes"] / row["act_bytes"]
-                row["time_overhead"] = row["step_ms"] / base["step_ms"] - 1.0
+                row["time_overhead"] = row["step_ms"] / row["fp32_step_ms"] - 1.0
                 if cfg in args.accuracy_configs:
                     accs = []
                     for s in range(args.seeds):
