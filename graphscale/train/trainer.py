@@ -18,6 +18,7 @@ Files in ``log.out``: ``config.yaml`` (resolved), ``checkpoint.pt``, ``best_mode
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -170,7 +171,14 @@ class Trainer:
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
         with distributed.main_first():  # rank 0 computes and caches the partition, the others read it
-            self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache)
+            self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache,
+                                         train_mask=self.train_mask)
+        self.cache_dir = cache
+        # Cluster-GCN's diagonal enhancement hands the model per-edge weights: the model must take them.
+        if getattr(cfg.sampler, "diag_lambda", None) is not None and \
+                "edge_weight" not in inspect.signature(self.model.forward).parameters:
+            raise ConfigError(f"sampler.diag_lambda={cfg.sampler.diag_lambda} gives the model edge weights, but "
+                              f"model.name={cfg.model.name!r} takes none; use model.name=gcn or diag_lambda=null")
         self.train_model, self.comm_stats = self.model, None
         if self.dist:
             t = cfg.train
@@ -238,23 +246,28 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def predict(self, epoch: int) -> torch.Tensor:
+    def predict(self) -> torch.Tensor:
         """Logits for every node: full graph, or the mean over ``eval_views`` partitions."""
         self.model.eval()
         s, n = self.cfg.sampler, self.data.num_nodes
+        # Evaluation subgraphs are normalised as the training batches were (Cluster-GCN diag_lambda).
+        transform = getattr(self.sampler, "transform", lambda sub: sub)
         if s.eval_name == "full":
-            return self._forward(full_graph(self.edge_index, n))
+            return self._forward(transform(full_graph(self.edge_index, n)))
         out, k = None, -1
         if self.world_size > 1:  # evaluation parts are dealt round-robin over ranks, logits summed over ranks
             out = torch.zeros(n, self.data.num_outputs, device=self.device)
         for view in range(s.eval_views):
+            # Fixed per view (not per epoch): scores of different epochs compare on the same parts,
+            # and METIS views come from the partition cache after the first evaluation.
             part = partition(s.eval_name, self.edge_index, n, s.eval_parts,
-                             seed=epoch_seed(self.cfg.train.seed + 7_777 + view, epoch))
+                             seed=epoch_seed(self.cfg.train.seed + 7_777, view),
+                             cache_dir=self.cache_dir if s.eval_name == "metis" else None)
             for sub in part_subgraphs(self.edge_index, part, s.eval_parts):
                 k += 1
                 if k % self.world_size != self.rank:
                     continue
-                logits = self._forward(sub)
+                logits = self._forward(transform(sub))
                 if out is None:
                     out = torch.zeros(n, logits.size(1), device=logits.device, dtype=logits.dtype)
                 out[sub.node_ids.to(out.device)] += logits
@@ -262,8 +275,8 @@ class Trainer:
             distributed.all_reduce_(out)
         return out / s.eval_views
 
-    def evaluate(self, epoch: int) -> dict:
-        logits = self.predict(epoch)
+    def evaluate(self) -> dict:
+        logits = self.predict()
         scores = {}
         for key in ("train", "valid", "test"):
             idx = self.data.split[key].to(logits.device)
@@ -322,7 +335,7 @@ class Trainer:
             loss = self._train_epoch(epoch)
             row = {"epoch": epoch, "loss": loss}
             if epoch % t.eval_every == 0 or epoch == t.epochs:
-                scores = self.evaluate(epoch)
+                scores = self.evaluate()
                 row.update({f"{k}_{metric}": v for k, v in scores.items()})
                 if scores["valid"] > best["valid"]:
                     best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
