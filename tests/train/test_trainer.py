@@ -136,3 +136,9 @@ def test_cora_gcn_reaches_80_percent(shared_data, tmp_path, monkeypatch):
                       [f"data.root={shared_data / 'planetoid'}", f"log.out={tmp_path / 'cora'}", "log.progress=false"])
     res = train(cfg)
     assert res["test_at_best_valid"] >= 0.80, res
+
+
+def test_diag_lambda_needs_a_model_taking_edge_weights(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"diag_lambda=1.0 .* model.name='deepergcn' takes none"):
+        train(_cfg(data_root, tmp_path / "d", "sampler.name=cluster", "sampler.partitioner=random",
+                   "sampler.diag_lambda=1"))
