@@ -126,9 +126,6 @@ def run(args) -> int:
 
 
 def _write_json(path: str, obj) -> None:
-    import json
+    from graphscale.atomic import save_json
 
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    save_json(obj, path)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphscale.atomic import atomic_write
 from graphscale.errors import ConfigError, DataError
 
 SCALES = ("uniform", "degree")
@@ -274,9 +275,7 @@ def _fingerprint(items, cfg, dtype, chunk_nodes) -> dict:
 
 
 def _save_atomic(path: str, **arrays) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _default_chunk_nodes(device) -> int:

@@ -5,7 +5,6 @@ the interface the trainer relies on.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import DeepGCNLayer, GCNConv, GENConv

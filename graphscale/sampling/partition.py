@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from typing import Callable
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from graphscale._features import require
+from graphscale.atomic import save_torch
 from graphscale.errors import ConfigError, DataError
 
 #: name -> partitioner(edge_index, num_nodes, num_parts, *, seed, **kwargs) -> LongTensor[num_nodes]
@@ -323,20 +323,6 @@ def partition_key(name: str, edge_index: Tensor, num_nodes: int, num_parts: int,
     return h.hexdigest()
 
 
-def _save_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def partition(name: str, edge_index: Tensor | None, num_nodes: int, num_parts: int, *, seed: int = 0,
               cache_dir: str | os.PathLike | None = None, **kwargs) -> Tensor:
     """Run the partitioner registered as ``name``; the one entry point.
@@ -383,7 +369,7 @@ def partition(name: str, edge_index: Tensor | None, num_nodes: int, num_parts: i
             part = fn(edge_index, num_nodes, num_parts, seed=seed, **kwargs)
         if path is not None:
             try:
-                _save_atomic(part, path)
+                save_torch(part, path)
             except OSError as exc:  # e.g. a read-only data root: partition anyway, uncached
                 warnings.warn(f"could not cache the partition at {path} ({exc}); set "
                               f"sampler.cache_dir to a writable folder to keep it", stacklevel=2)

@@ -83,7 +83,7 @@ class StopController(nn.Module):
 
 def save_controller(controller: StopController, path: str) -> None:
     """Write ``{"header", "state"}`` atomically (``torch.save``)."""
-    from graphscale.train.checkpoint import save_torch
+    from graphscale.atomic import save_torch
     save_torch({"header": controller.header(), "state": controller.state_dict()}, path)
 
 

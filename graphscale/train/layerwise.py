@@ -41,7 +41,7 @@ from graphscale.errors import ConfigError, TrainingError
 from graphscale.sampling.layerwise import (FeatureStore, aggregate, gcn_adjacency, layerwise_inference, map_rows,
                                            node_batches, propagate)
 from graphscale.sampling.samplers import epoch_seed
-from graphscale.train.checkpoint import load_torch, save_json, save_text, save_torch
+from graphscale.atomic import load_torch, save_json, save_text, save_torch
 from graphscale.train.config import Config, to_dict
 from graphscale.train.l2o import NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller, \
     train_controller

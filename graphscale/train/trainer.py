@@ -37,7 +37,7 @@ from graphscale.sampling.samplers import epoch_seed
 from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
 from graphscale.train import distributed
 from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler
-from graphscale.train.checkpoint import load_torch, save_json, save_text, save_torch
+from graphscale.atomic import load_torch, save_json, save_text, save_torch
 from graphscale.train.config import Config, to_dict
 from graphscale.train.metrics import Metric, loss_fn
 

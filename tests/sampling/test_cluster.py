@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from graphscale.errors import ConfigError, DataError
-from graphscale.sampling.cluster import (ClusterGCNSampler, build_cluster_sampler, diag_enhanced_weights,
-                                         diag_normalize)
+from graphscale.sampling.cluster import (ClusterGCNSampler, build_cluster_sampler, diag_normalize)
 from graphscale.sampling.subgraph import Subgraph, full_graph
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from graphscale.cli import main
 from graphscale.errors import ConfigError, TrainingError
-from graphscale.train.build import MODELS, register_model
+from graphscale.train.build import MODELS
 from graphscale.train.config import load_config
 from graphscale.train.trainer import train
 

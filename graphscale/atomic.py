@@ -1,4 +1,6 @@
-"""Atomic files: a crash or kill mid-write never corrupts the last good checkpoint or results."""
+"""Atomic files: a crash or kill mid-write never corrupts the last good checkpoint, cache entry or
+results file. Every writer goes to a temporary file in the target's folder, flushes it to disk,
+then renames it over the target (readers see the old file or the new one, never half of one)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,8 @@ import tempfile
 import torch
 
 
-def _atomic(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Call ``write(binary_file)`` on a temporary sibling of ``path``, then rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
@@ -26,15 +29,17 @@ def _atomic(path: str, write) -> None:
 
 def save_torch(obj, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_json(obj, path: str) -> None:
-    _atomic(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+    """JSON (indented) written atomically."""
+    atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
 
 
 def save_text(text: str, path: str) -> None:
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    """Text written atomically."""
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def load_torch(path: str):
