@@ -363,9 +363,9 @@ def _write(rows: list[dict], stem: str, args, env: dict, plot: bool = False) -> 
         for r in rows:
             w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
     os.replace(stem + ".csv.tmp", stem + ".csv")
-    summary = {"command": "graphscale bench memory-depth " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k not in ("func", "bench", "command") and v not in (False, None, "")),
+    flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v!r}"
+             for k, v in vars(args).items() if k not in ("func", "bench", "command") and v not in (False, None, "")]
+    summary = {"command": "graphscale bench memory-depth " + " ".join(flags),
         "environment": env, "note": args.note, "ratios": _ratios(rows), "rows": rows,
         "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(stem + ".json.tmp", "w") as fh:
