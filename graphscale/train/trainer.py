@@ -334,6 +334,9 @@ class Trainer:
             torch.manual_seed(epoch_seed(t.seed, epoch) + self.rank)  # dropout of this epoch (and rank), resume-safe
             loss = self._train_epoch(epoch)
             row = {"epoch": epoch, "loss": loss}
+            stats = getattr(self.model, "stats", None)  # DEQ models: last training solve's convergence
+            if isinstance(stats, dict) and stats:
+                row["solver"] = {k: (v if isinstance(v, (bool, int)) else float(v)) for k, v in stats.items()}
             if epoch % t.eval_every == 0 or epoch == t.epochs:
                 scores = self.evaluate()
                 row.update({f"{k}_{metric}": v for k, v in scores.items()})

@@ -142,3 +142,10 @@ def test_diag_lambda_needs_a_model_taking_edge_weights(data_root, tmp_path):
     with pytest.raises(ConfigError, match=r"diag_lambda=1.0 .* model.name='deepergcn' takes none"):
         train(_cfg(data_root, tmp_path / "d", "sampler.name=cluster", "sampler.partitioner=random",
                    "sampler.diag_lambda=1"))
+
+
+def test_deq_convergence_statistics_are_logged(data_root, tmp_path):
+    train(_cfg(data_root, tmp_path / "deq", "model.name=deq-gnn", "train.epochs=1"))
+    (row,) = _rows(tmp_path / "deq")
+    assert row["solver"]["forward_iterations"] >= 1 and row["solver"]["backward_iterations"] >= 1
+    assert row["solver"]["forward_residual"] >= 0.0
