@@ -267,7 +267,7 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
                 ax.plot(*zip(*pts), marker="o", label=model)
         ax.set_xscale("log")
         if key != "ms_per_layer":
-            ax.set_yscale("symlog", linthresh=1.0)
+            ax.set_yscale("log")  # every plotted value is > 0 MiB
         ax.set_xlabel("depth (layers)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
