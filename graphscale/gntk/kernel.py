@@ -110,27 +110,53 @@ def _relu_fn(compile: bool):
 
 def recursion(sigma0: Tensor, aggregate: Callable[[Tensor], Tensor],
               relu: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]],
-              readout: Callable[[Tensor], Tensor], cfg: GNTKConfig) -> Tensor:
+              readout: Callable[[Tensor], Tensor], cfg: GNTKConfig, per_layer: bool = False):
     """The GNTK recursion shared by the graph- and node-level kernels.
 
     ``aggregate(S)`` returns a new tensor (the BLOCK's neighbour aggregation); ``relu(sigma, ntk, k)``
     applies ReLU layer ``k`` (``0 .. L*R-1``) and returns the new ``(sigma, ntk)``; ``readout(S)`` maps a
     state to the output (a ``[g_I, g_J]`` sum per graph pair, or the node-pair matrix itself). Returns the readout of
     ``Theta^(L)``, or with ``cfg.jk`` ``readout(Sigma^(0)) + sum_l readout(Theta^(l))``.
+
+    With ``per_layer=True`` it returns the list ``[readout(Sigma^(0)), readout(Theta^(1)), ...,
+    readout(Theta^(L))]`` instead (``cfg.jk`` ignored): the recursion up to BLOCK ``l`` does not depend on
+    the BLOCKs after it, so this one pass holds the output of every ``L' <= L`` with either readout
+    (:func:`combine_layers`).
     """
-    out = readout(sigma0) if cfg.jk else None
+    parts = [readout(sigma0)] if (cfg.jk or per_layer) else None
     sigma = aggregate(sigma0)
     del sigma0
     ntk = sigma.clone()
     for layer in range(cfg.layers):
         for r in range(cfg.mlp_layers):
             sigma, ntk = relu(sigma, ntk, layer * cfg.mlp_layers + r)
-        if cfg.jk:
-            out += readout(ntk)
+        if per_layer:
+            parts.append(readout(ntk))
+        elif cfg.jk:
+            parts[0] += readout(ntk)
         if layer < cfg.layers - 1:
             sigma = aggregate(sigma)
             ntk = aggregate(ntk)
-    return out if cfg.jk else readout(ntk)
+    if per_layer:
+        return parts
+    return parts[0] if cfg.jk else readout(ntk)
+
+
+def combine_layers(parts, layers: int, jk: bool):
+    """Output of an ``L = layers`` GNTK from per-layer readouts ``parts[l]`` (``l = 0..L_max``, 0 = input).
+
+    ``parts`` is what :func:`layer_grams` returns (``[L_max + 1, G, G]``) or any sequence/array indexed
+    by layer: jumping knowledge sums ``parts[0..L]``, otherwise ``parts[L]``.
+    """
+    if not 1 <= layers < len(parts):
+        raise ConfigError(f"layers must be in [1, {len(parts) - 1}] (the per-layer pass went to L={len(parts) - 1}), "
+                          f"got {layers}")
+    if not jk:
+        return parts[layers]
+    out = parts[0] + parts[1]
+    for l in range(2, layers + 1):
+        out = out + parts[l]
+    return out
 
 
 # ------------------------------------------------------------------------ graph blocks
@@ -232,16 +258,19 @@ def _self_diag(s: Tensor) -> Tensor:
 
 
 def block_pair(bi: _Block, bj: _Block, cfg: GNTKConfig, diag_i: Tensor | None = None,
-               diag_j: Tensor | None = None, compile: bool = False) -> tuple[Tensor, Tensor | None]:
+               diag_j: Tensor | None = None, compile: bool = False,
+               per_layer: bool = False) -> tuple[Tensor, Tensor | None]:
     """GNTK values of every graph pair of blocks ``(I, J)``.
 
     Args:
         diag_i, diag_j: ``[L*R, g, a]`` self-pair normalisers ``sqrt(Sigma_GG[u, u])`` of each ReLU layer;
             ``None`` for a diagonal block ``(I, I)``, where they are read off the state and returned.
         compile: fuse the ReLU update with ``torch.compile``.
+        per_layer: return ``[L+1, g_I, g_J]`` per-layer values (``2 * sum Sigma^(0)``, then ``2 * sum Theta^(l)``
+            for ``l = 1..L``; ``cfg.jk`` ignored) instead of the kernel values.
 
     Returns:
-        ``([g_I, g_J] kernel values, [L*R, g_I, a] normalisers or None)``.
+        ``([g_I, g_J] kernel values (or [L+1, g_I, g_J]), [L*R, g_I, a] normalisers or None)``.
     """
     self_pair = diag_i is None
     gi, a = bi.x.shape[:2]
@@ -259,19 +288,26 @@ def block_pair(bi: _Block, bj: _Block, cfg: GNTKConfig, diag_i: Tensor | None = 
             dr, dc = diag_i[k], diag_j[k]
         return update(sigma, ntk, dr.view(gi, a, 1, 1), dc.view(1, 1, gj, b))
 
-    out = recursion(sigma0, lambda s: _aggregate(s, bi.adj, bj.adj), relu, lambda s: s.sum(dim=(1, 3)), cfg)
+    out = recursion(sigma0, lambda s: _aggregate(s, bi.adj, bj.adj), relu, lambda s: s.sum(dim=(1, 3)), cfg,
+                    per_layer=per_layer)
+    if per_layer:
+        out = torch.stack(out)
     return 2.0 * out, (torch.stack(diags) if self_pair else None)
 
 
 # ------------------------------------------------------------------------ resumable Gram matrix
-def _fingerprint(items, cfg, dtype, chunk_nodes) -> dict:
+def _fingerprint(items, cfg, dtype, chunk_nodes, per_layer=False) -> dict:
     h = hashlib.sha1()
     for n, e, x in items:
         h.update(np.int64(n).tobytes())
         h.update(np.ascontiguousarray(e).tobytes())
         h.update(np.ascontiguousarray(x).tobytes())
-    return {"config": asdict(cfg), "dtype": str(dtype).replace("torch.", ""), "num_graphs": len(items),
+    meta = {"config": asdict(cfg), "dtype": str(dtype).replace("torch.", ""), "num_graphs": len(items),
             "chunk_nodes": int(chunk_nodes), "graphs_sha1": h.hexdigest(), "format": 1}
+    if per_layer:  # chunks hold [L+1, g_I, g_J] per-layer values; jk does not matter then
+        meta["config"]["jk"] = None
+        meta["readout"] = "per_layer"
+    return meta
 
 
 def _save_atomic(path: str, **arrays) -> None:
@@ -310,6 +346,28 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
             thread (``torch.set_num_threads(1)`` for the duration of the call); default: as many
             workers as torch's intra-op threads on CPU, 1 on CUDA.
     """
+    return _gram(graphs, cfg, features, dtype, device, chunk_nodes, chunk_dir, progress, compile, workers, False)
+
+
+def layer_grams(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: Sequence | None = None,
+                dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                chunk_nodes: int | None = None, chunk_dir: str | None = None,
+                progress: bool = True, compile: bool = False, workers: int | None = None) -> np.ndarray:
+    """Per-layer GNTK Gram contributions ``[L+1, G, G]`` from one pass at ``L = cfg.layers``.
+
+    ``out[0] = 2 * sum Sigma^(0)`` (the input layer) and ``out[l] = 2 * sum Theta^(l)`` (BLOCK ``l``) per
+    graph pair, for the ``cfg.mlp_layers`` / ``cfg.scale`` architecture (``cfg.jk`` is ignored). The
+    recursion up to BLOCK ``l`` is the same whatever ``L >= l`` is, so
+    ``combine_layers(out, L', jk)`` equals ``gram_matrix(graphs, GNTKConfig(L', R, scale, jk))`` for every
+    ``L' <= L`` and both readouts: the paper's search over the number of BLOCKs and jumping knowledge
+    costs one pass at the largest ``L``. Arguments as :func:`gram_matrix` (its chunk folder is not
+    interchangeable with this one's; each refuses the other's).
+    """
+    return _gram(graphs, cfg, features, dtype, device, chunk_nodes, chunk_dir, progress, compile, workers, True)
+
+
+def _gram(graphs, cfg, features, dtype, device, chunk_nodes, chunk_dir, progress, compile, workers,
+          per_layer: bool) -> np.ndarray:
     if dtype not in (torch.float64, torch.float32):
         raise ConfigError(f"gntk dtype must be torch.float64 or torch.float32, got {dtype}")
     items = _graph_arrays(graphs, features)
@@ -319,10 +377,10 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
     sizes = np.array([n for n, _, _ in items], dtype=np.int64)
     blocks = make_blocks(sizes, chunk_nodes)
     if chunk_dir is not None:
-        _check_chunk_dir(chunk_dir, _fingerprint(items, cfg, dtype, chunk_nodes))
+        _check_chunk_dir(chunk_dir, _fingerprint(items, cfg, dtype, chunk_nodes, per_layer))
     pairs = [(i, i) for i in range(len(blocks))] + [(i, j) for i in range(len(blocks))
                                                      for j in range(i + 1, len(blocks))]
-    gram = np.zeros((len(items), len(items)))
+    gram = np.zeros(((cfg.layers + 1,) if per_layer else ()) + (len(items), len(items)))
     diags: dict[int, Tensor] = {}
     # All blocks up front: their padded adjacencies total ~ sum_g n_g * max n in block, small next to a
     # chunk's state, and the worker threads then share them read-only.
@@ -334,12 +392,13 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
             with np.load(path) as z:
                 return z["gram"], (torch.as_tensor(z["diags"], dtype=dtype, device=device) if i == j else None)
         if i == j:
-            vals, d = block_pair(built[i], built[i], cfg, compile=compile)
+            vals, d = block_pair(built[i], built[i], cfg, compile=compile, per_layer=per_layer)
         else:
-            vals, d = block_pair(built[i], built[j], cfg, diags[i], diags[j], compile=compile)
+            vals, d = block_pair(built[i], built[j], cfg, diags[i], diags[j], compile=compile,
+                                 per_layer=per_layer)
         vals = vals.double().cpu().numpy()
         if i == j:  # (i, j) and (j, i) of a diagonal block differ by rounding: make it exactly symmetric
-            vals = 0.5 * (vals + vals.T)
+            vals = 0.5 * (vals + vals.swapaxes(-1, -2))
         if path:
             extra = {"diags": d.cpu().numpy()} if i == j else {}
             _save_atomic(path, gram=vals, **extra)
@@ -366,8 +425,8 @@ def gram_matrix(graphs: Sequence, cfg: GNTKConfig = GNTKConfig(), *, features: S
                 for (i, j), (vals, d) in zip(phase, pool.map(lambda p: compute(*p), phase)):
                     if i == j:
                         diags[i] = d
-                    gram[np.ix_(blocks[i], blocks[j])] = vals
-                    gram[np.ix_(blocks[j], blocks[i])] = vals.T
+                    gram[(...,) + np.ix_(blocks[i], blocks[j])] = vals
+                    gram[(...,) + np.ix_(blocks[j], blocks[i])] = vals.swapaxes(-1, -2)
                     bar.update(1)
     finally:
         torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ import torch
 
 import graphscale.gntk.kernel as K
 from graphscale.errors import ConfigError, DataError
-from graphscale.gntk.kernel import GNTKConfig, gram_matrix, make_blocks, normalize_gram
+from graphscale.gntk.kernel import GNTKConfig, combine_layers, gram_matrix, layer_grams, make_blocks, normalize_gram
 
 from .conftest import one_hot, random_graphs
 from .kron_oracle import adjacency, gram as oracle_gram
@@ -117,3 +117,41 @@ def test_bad_input():
         GNTKConfig(layers=0)
     with pytest.raises(ConfigError, match="dtype"):
         gram_matrix(g, dtype=torch.float16, progress=False)
+
+
+@pytest.mark.parametrize("mlp,scale", [(2, "degree"), (1, "uniform")])
+def test_one_layer_pass_gives_every_smaller_L_and_both_readouts(graphs, mlp, scale):
+    # One pass at L=3 must reproduce separate passes at L=1, 2, 3 with and without jumping knowledge.
+    parts = layer_grams(graphs, GNTKConfig(3, mlp, scale, jk=False), chunk_nodes=12, progress=False)
+    assert parts.shape == (4, len(graphs), len(graphs))
+    for L in (1, 2, 3):
+        for jk in (True, False):
+            cfg = GNTKConfig(L, mlp, scale, jk)
+            sep = gram_matrix(graphs, cfg, chunk_nodes=12, progress=False)
+            np.testing.assert_allclose(combine_layers(parts, L, jk), sep, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(sep, _oracle(graphs, cfg), rtol=1e-8, atol=1e-8 * np.abs(sep).max())
+    # the layers really differ (a readout mix-up would not pass unnoticed above)
+    assert not np.allclose(parts[1], parts[2]) and not np.allclose(parts[3], combine_layers(parts, 3, True))
+    np.testing.assert_allclose(parts[0], 2.0 * np.array([[float((one_hot(a, 3) @ one_hot(b, 3).T).sum())
+                                                           for b in graphs] for a in graphs]), rtol=1e-12)
+    with pytest.raises(ConfigError, match=r"layers must be in \[1, 3\]"):
+        combine_layers(parts, 4, True)
+
+
+def test_layer_grams_chunks_resume_and_are_not_mixed_with_plain_chunks(graphs, tmp_path, monkeypatch):
+    cfg = GNTKConfig(2, 2, "degree", True)
+    d = tmp_path / "layers"
+    full = layer_grams(graphs, cfg, chunk_nodes=12, chunk_dir=str(d), progress=False)
+    # jk does not change a per-layer pass, so the same folder serves it
+    os.remove(d / "chunk_00000_00001.npz")
+    calls = []
+    real = K.block_pair
+    monkeypatch.setattr(K, "block_pair", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    again = layer_grams(graphs, GNTKConfig(2, 2, "degree", False), chunk_nodes=12, chunk_dir=str(d), progress=False)
+    assert len(calls) == 1 and calls[0]["per_layer"]
+    np.testing.assert_array_equal(again, full)
+    with pytest.raises(ConfigError, match="another computation"):
+        gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(d), progress=False)
+    with pytest.raises(ConfigError, match="another computation"):
+        gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False) is None or \
+            layer_grams(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False)
