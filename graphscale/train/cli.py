@@ -71,14 +71,14 @@ def _run(args) -> int:
 def _check_distributed(cfg, nproc: int, env) -> None:
     from graphscale.errors import ConfigError
     from graphscale.train import distributed
+    from graphscale.train.layerwise import check_layerwise_config
     from graphscale.train.trainer import check_config
 
-    if getattr(cfg.train, "mode", "standard") == "layerwise":
-        raise ConfigError("train.mode=layerwise trains one process only: multi-process training (--nproc, torchrun) "
-                          "covers the end-to-end trainer; run layer-wise training without --nproc")
     if nproc > 1 and env.distributed:
         raise ConfigError(f"--nproc {nproc} inside a torchrun worker (WORLD_SIZE={env.world_size}): use one of them")
     check_config(cfg)
+    if cfg.train.mode == "layerwise":
+        check_layerwise_config(cfg)
     if nproc > 1:
         if cfg.train.device.startswith("cuda:"):
             raise ConfigError(f"train.device={cfg.train.device!r} with --nproc {nproc}: each process takes its own GPU "

@@ -42,6 +42,7 @@ from graphscale.sampling.layerwise import (FeatureStore, aggregate, gcn_adjacenc
                                            node_batches, propagate)
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.atomic import load_torch, save_json, save_text, save_torch
+from graphscale.train import distributed
 from graphscale.train.config import Config, to_dict
 from graphscale.train.l2o import NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller, \
     train_controller
@@ -156,14 +157,48 @@ class LayerSettings:
     seed: int = 0
 
 
+class _LayerStep(nn.Module):
+    """The network of one layer-wise training step, ``head(ReLU(Linear_layer(z * keep)))``, as a module
+    of its own so that a multi-process run can wrap exactly the trained parameters in DDP.
+
+    Shapes: ``z [b, F]`` aggregated rows, ``keep [b, F]`` dropout mask already divided by ``1 - p``
+    (or ``None``) -> ``[b, C]`` logits.
+    """
+
+    def __init__(self, linear: nn.Linear, head: nn.Linear):
+        super().__init__()
+        self.linear, self.head = linear, head
+
+    def forward(self, z: Tensor, keep: Tensor | None = None) -> Tensor:
+        if keep is not None:
+            z = z * keep
+        return self.head(F.relu(self.linear(z)))
+
+
+def share_bounds(batch: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share ``[start, end)`` of a global batch of ``batch`` rows; the
+    ``world_size`` shares cover the batch and differ in size by at most one (a share may be empty)."""
+    return batch * rank // world_size, batch * (rank + 1) // world_size
+
+
 def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx: Tensor, loss: Callable,
                 stopper: Stopper, settings: LayerSettings, device: torch.device | str = "cpu",
-                on_epoch: Callable[[int, float], None] | None = None) -> tuple[int, float]:
+                on_epoch: Callable[[int, float], None] | None = None, *, rank: int = 0, world_size: int = 1,
+                wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[int, float]:
     """Train block ``layer`` of ``model`` and a fresh output head on aggregated rows ``z``.
 
     Each step gathers ``z[batch]`` (host, possibly mmap) and ``y[batch]`` for a mini-batch of training
     nodes, moves them to ``device`` and takes one Adam step on ``loss(head(block(z[batch])), y[batch])``.
-    The batch order and dropout of epoch ``e`` are seeded from ``(settings.seed, layer, e)``.
+    The batch order and dropout masks of epoch ``e`` are seeded from ``(settings.seed, layer, e)``; the
+    mask is drawn for the whole ``[b, F]`` batch on the host, so it does not depend on how the batch is
+    split over processes.
+
+    Multi-process (``world_size > 1``, docs/distributed.md): every rank walks the same global batches
+    and trains on its contiguous share (:func:`share_bounds`), so all ranks take the same number of
+    steps. The share's mean loss is scaled by ``share * W / b``: DDP's average over ranks is then the
+    mean over the whole global batch, and the run equals the 1-process run up to float rounding. The
+    epoch's mean loss is summed over ranks; the stop decision is taken by ``stopper`` on rank 0 only
+    and broadcast, so every rank ends the layer at the same epoch.
 
     Args:
         model: the network (on ``device``); its ``head`` is replaced by a fresh classifier.
@@ -171,11 +206,14 @@ def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx
         z: ``[N, F]`` aggregated features ``A_hat H_{layer-1}`` (host).
         y: ``[N]`` or ``[N, T]`` targets (host).
         train_idx: training node ids.
-        loss: ``loss(logits, target) -> scalar``.
+        loss: ``loss(logits, target) -> scalar`` (a mean over rows).
         stopper: ends the layer (:class:`FixedEpochs` or :class:`~graphscale.train.l2o.StopPolicy`).
-        settings: batch size and optimiser.
+        settings: batch size (global, over all ranks) and optimiser.
         device: where the step runs.
-        on_epoch: called as ``on_epoch(epoch, mean_loss)`` after every epoch, before the stop check.
+        on_epoch: called as ``on_epoch(epoch, mean_loss)`` after every epoch, before the stop check
+            (on every rank).
+        rank, world_size: this process's place in the job (``0, 1``: plain single process).
+        wrap: turns the step module into the one to call (``DistributedDataParallel``); ``None``: as is.
 
     Returns:
         ``(epochs, last mean epoch loss)``.
@@ -185,33 +223,51 @@ def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx
     model.head = nn.Linear(model.head.in_features, model.head.out_features).to(device)
     params = list(model.layers[layer].parameters()) + list(model.head.parameters())
     opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    step = _LayerStep(model.layers[layer], model.head)
+    runner = wrap(step) if wrap is not None else step
+    p = model.dropout
     model.train()
     stopper.start_layer(layer)
     epoch = 0
     while True:
         epoch += 1
         seed = _layer_seed(settings.seed, layer, epoch)
-        torch.manual_seed(seed)  # dropout
         gen = torch.Generator().manual_seed(seed)
+        drop_gen = torch.Generator().manual_seed(seed + 1)
         total, count = 0.0, 0
         for idx in node_batches(train_idx, settings.batch_size, gen):
+            b = idx.numel()
+            keep = None
+            if p > 0:  # the global batch's mask, then this rank's rows of it
+                keep = torch.empty(b, z.size(1), dtype=z.dtype).bernoulli_(1 - p, generator=drop_gen).div_(1 - p)
+            if world_size > 1:
+                lo, hi = share_bounds(b, rank, world_size)
+                idx = idx[lo:hi]
+                keep = keep[lo:hi] if keep is not None else None
+            n = idx.numel()
             zb = z[idx].to(device, non_blocking=True)
             yb = y[idx].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            out = model.head(model.block(layer, zb))
-            value = loss(out, yb)
+            out = runner(zb, keep.to(device, non_blocking=True) if keep is not None else None)
+            value = loss(out, yb) if n else out.sum() * 0.0  # an empty share still joins the all-reduce
             if not torch.isfinite(value):
-                raise TrainingError(f"loss is {value.item()} in layer {layer + 1}, epoch {epoch}: training "
+                where = f" on rank {rank}" if world_size > 1 else ""
+                raise TrainingError(f"loss is {value.item()} in layer {layer + 1}, epoch {epoch}{where}: training "
                                     f"diverged (try a lower train.lr={settings.lr})")
-            value.backward()
+            (value * (n * world_size / b) if world_size > 1 else value).backward()
             if settings.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             opt.step()
-            total, count = total + value.item() * idx.numel(), count + idx.numel()
+            total, count = total + value.item() * n, count + n
+        if world_size > 1:
+            total, count = distributed.all_reduce_sum([total, count], device=device)
         mean = total / max(count, 1)
         if on_epoch is not None:
             on_epoch(epoch, mean)
-        if stopper.observe(epoch, mean):
+        stop = stopper.observe(epoch, mean) if rank == 0 else None
+        if world_size > 1:
+            stop = distributed.broadcast_object(stop)
+        if stop:
             return epoch, mean
 
 
@@ -330,16 +386,32 @@ class LayerwiseTrainer:
         check_config(cfg)
         check_layerwise_config(cfg)
         self.cfg, self.resume, self.out = cfg, resume, cfg.log.out
-        self.device = resolve_device(cfg.train.device)
-        ckpt = os.path.join(self.out, CHECKPOINT)
-        if resume and not os.path.isfile(ckpt):
-            raise ConfigError(f"--resume: no checkpoint at {ckpt!r}")
-        if not resume and os.path.isfile(ckpt):
-            raise ConfigError(f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
-                              f"or choose another output folder (--out / log.out=...)")
-        if cfg.train.controller == "l2o" and cfg.train.controller_path and os.path.isfile(cfg.train.controller_path):
-            # Fail on a wrong file now, not after the data is loaded.
-            load_controller(cfg.train.controller_path, NUM_FEATURES, cfg.train.l2o_hidden)
+        # Under torchrun: join the process group (None in a 1-process job; docs/distributed.md).
+        self.dist = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
+        self.rank, self.world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+        self.is_main = self.rank == 0
+        try:
+            self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
+            ckpt = os.path.join(self.out, CHECKPOINT)
+            error = None
+            if resume and not os.path.isfile(ckpt):
+                error = f"--resume: no checkpoint at {ckpt!r}"
+            if not resume and os.path.isfile(ckpt):
+                error = (f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
+                         f"or choose another output folder (--out / log.out=...)")
+            if self.dist:  # every rank checks, then all stop together (before rank 0 writes anything)
+                distributed.check_same_config(to_dict(cfg))
+                distributed.agree(error)
+            elif error:
+                raise ConfigError(error)
+            t = cfg.train
+            if t.controller == "l2o" and t.controller_path and os.path.isfile(t.controller_path):
+                # Fail on a wrong file now, not after the data is loaded.
+                load_controller(t.controller_path, NUM_FEATURES, t.l2o_hidden)
+        except BaseException:
+            if self.dist:
+                self.dist.destroy()
+            raise
 
     def _controller(self, data, loss) -> tuple[StopController, float]:
         t = self.cfg.train
@@ -347,6 +419,9 @@ class LayerwiseTrainer:
         for path in (own if self.resume else None, t.controller_path or None):
             if path and os.path.isfile(path):
                 return load_controller(path, NUM_FEATURES, t.l2o_hidden), 0.0
+        # Every rank trains the same controller (deterministic CPU episodes, same seed) rather than
+        # rank 0 alone: training it can take longer than train.dist_timeout, which the other ranks
+        # would spend waiting at a collective. Only rank 0's decisions are used, and only it writes.
         t0 = time.perf_counter()
         episode = gcn_episode(data.x, data.edge_index, data.y, data.split["train"], loss, self.cfg.model.num_layers,
                               self.cfg.model.hidden_channels, t.l2o_sample_nodes, t.lr, t.seed)
@@ -356,13 +431,32 @@ class LayerwiseTrainer:
                                 max_epochs=t.layer_epochs, decision_step=t.l2o_decision_step, seed=t.seed,
                                 log=rows.append)
         seconds = time.perf_counter() - t0
-        save_controller(ctrl, own)
-        if t.controller_path:
-            save_controller(ctrl, t.controller_path)
-        save_text("".join(json.dumps(r) + "\n" for r in rows), os.path.join(self.out, "controller_log.jsonl"))
+        if self.is_main:
+            save_controller(ctrl, own)
+            if t.controller_path:
+                save_controller(ctrl, t.controller_path)
+            save_text("".join(json.dumps(r) + "\n" for r in rows), os.path.join(self.out, "controller_log.jsonl"))
         return ctrl, seconds
 
+    def _wrap(self, step: nn.Module) -> nn.Module:
+        """DDP around one layer's step module (a fresh DDP per layer: the trained parameters change)."""
+        t = self.cfg.train
+        ddp, stats = distributed.wrap_model(step, self.dist, static_graph=t.ddp_static_graph,
+                                            find_unused=t.ddp_find_unused, comm_hook=t.comm_hook,
+                                            powersgd_rank=t.powersgd_rank,
+                                            powersgd_start_iter=t.powersgd_start_iter, seed=t.seed)
+        if stats is not None:
+            self.comm_stats.append(stats)
+        return ddp
+
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self.dist:
+                self.dist.destroy()
+
+    def _run(self) -> dict:
         from graphscale.train.trainer import _config_diff, load_data, peak_memory_bytes
 
         cfg, t, dev = self.cfg, self.cfg.train, self.device
@@ -375,20 +469,27 @@ class LayerwiseTrainer:
                                 {k: v for k, v in resolved.items() if k != "log"})
             if diff:
                 raise ConfigError("--resume with a different config than the checkpoint's: " + "; ".join(diff))
-        save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
+        main, world = self.is_main, self.world_size
+        if main:  # only rank 0 writes files (DESIGN rule 11)
+            save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
 
-        data = load_data(cfg)
+        with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
+            data = load_data(cfg)
         n, L = data.num_nodes, cfg.model.num_layers
         store = FeatureStore(t.storage, t.storage_dir or os.path.join(self.out, "features"))
-        # Fail before training if the largest feature buffers (input width + hidden width) do not fit.
-        store.check_fits(n, max(data.x.size(1), cfg.model.hidden_channels) * 2, "layer-wise feature buffers")
+        # Fail before training if the largest feature buffers (input width + hidden width) do not fit;
+        # every rank of this host holds its own copy (each computes the same aggregation).
+        per_host = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if world > 1 else 1
+        store.check_fits(n, max(data.x.size(1), cfg.model.hidden_channels) * 2 * per_host,
+                         "layer-wise feature buffers" + (f" ({per_host} ranks on this host)" if per_host > 1 else ""))
         x, y = data.x, data.y
         train_idx = data.split["train"]
         metric, loss = Metric(data.metric, data.task, data.evaluator), loss_fn(data.task)
         adj = gcn_adjacency(data.edge_index, n, x.dtype)
 
         torch.manual_seed(t.seed)
-        model = LayerwiseGCN(x.size(1), cfg.model.hidden_channels, data.num_outputs, L, cfg.model.dropout).to(dev)
+        self.model = model = LayerwiseGCN(x.size(1), cfg.model.hidden_channels, data.num_outputs, L,
+                                          cfg.model.dropout).to(dev)
         settings = LayerSettings(t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.seed)
 
         policy, controller_seconds = None, 0.0
@@ -409,7 +510,10 @@ class LayerwiseTrainer:
             controller_seconds = ckpt["controller_seconds"]
             if policy is not None and ckpt["policy"] is not None:
                 policy.load_state(ckpt["policy"])
-        save_text("".join(json.dumps(r) + "\n" for r in history), os.path.join(self.out, LOG))
+        if main:
+            self._write_log(history)
+        self.comm_stats = []
+        dist_kw = {"rank": self.rank, "world_size": world, "wrap": self._wrap} if world > 1 else {}
 
         h = x
         for layer in range(start):  # resume: replay the finished, frozen layers
@@ -437,17 +541,19 @@ class LayerwiseTrainer:
                     if layer == L - 1 and scores["valid"] > best["valid"]:
                         best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
                                 "epoch": total_epochs}
-                        save_torch(model.state_dict(), os.path.join(self.out, BEST))
+                        if main:
+                            save_torch(model.state_dict(), os.path.join(self.out, BEST))
                 done = time.perf_counter()
                 clock["eval"] += done - now
                 row["train_seconds"] = train_elapsed + clock["train"]
                 row["seconds"] = elapsed + clock["train"] + clock["eval"]
                 history.append(row)
-                with open(os.path.join(self.out, LOG), "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                if main:
+                    with open(os.path.join(self.out, LOG), "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
                 clock["mark"] = time.perf_counter()
 
-            epochs, _ = train_layer(model, layer, z, y, train_idx, loss, stopper, settings, dev, on_epoch)
+            epochs, _ = train_layer(model, layer, z, y, train_idx, loss, stopper, settings, dev, on_epoch, **dist_kw)
             last = history[-1]
             if layer == L - 1 and f"valid_{data.metric}" not in last:  # always score the final model
                 scores = self._evaluate(model, layer, z, data, metric)
@@ -455,8 +561,10 @@ class LayerwiseTrainer:
                 if scores["valid"] > best["valid"]:
                     best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
                             "epoch": total_epochs}
-                    save_torch(model.state_dict(), os.path.join(self.out, BEST))
-                self._write_log(history)
+                    if main:
+                        save_torch(model.state_dict(), os.path.join(self.out, BEST))
+                if main:
+                    self._write_log(history)
             t1 = time.perf_counter()
             if layer < L - 1:  # map every node forward through the frozen block
                 h_next = store.empty(n, model.layers[layer].out_features, what=f"layer {layer + 1} output features")
@@ -470,11 +578,12 @@ class LayerwiseTrainer:
             train_elapsed += clock["train"]
             elapsed += clock["train"] + clock["eval"]
             used.append(epochs)
-            save_torch({"finished_layers": layer + 1, "model": model.state_dict(), "history": history, "best": best,
-                        "elapsed": elapsed, "train_elapsed": train_elapsed, "total_epochs": total_epochs,
-                        "layer_epochs_used": used, "controller_seconds": controller_seconds,
-                        "policy": policy.state() if policy is not None else None, "config": resolved},
-                       os.path.join(self.out, CHECKPOINT))
+            if main:
+                save_torch({"finished_layers": layer + 1, "model": model.state_dict(), "history": history, "best": best,
+                            "elapsed": elapsed, "train_elapsed": train_elapsed, "total_epochs": total_epochs,
+                            "layer_epochs_used": used, "controller_seconds": controller_seconds,
+                            "policy": policy.state() if policy is not None else None, "config": resolved},
+                           os.path.join(self.out, CHECKPOINT))
         store.release_all()
 
         results = {
@@ -494,7 +603,20 @@ class LayerwiseTrainer:
             "controller_seconds": controller_seconds,
             "layer_epochs_used": used,
         }
-        save_json(results, os.path.join(self.out, RESULTS))
+        if self.dist:  # rank 0's own device and memory; gradient bytes summed over the layers' hooks
+            results["distributed"] = {"world_size": world, "backend": self.dist.backend, "comm_hook": t.comm_hook,
+                                      "allreduce_bytes_per_step": [
+                                          distributed.grad_bytes(model.layers[i]) + distributed.grad_bytes(model.head)
+                                          for i in range(L)]}
+            if self.comm_stats:
+                from graphscale.train.comm_hooks import CommStats
+                total = CommStats(t.comm_hook)
+                for part in self.comm_stats:  # one per trained layer
+                    total.add(part.bytes, part.uncompressed_bytes, last_bucket=False)
+                    total.steps += part.steps
+                results["distributed"].update(total.as_dict())
+        if main:
+            save_json(results, os.path.join(self.out, RESULTS))
         return results
 
     def _write_log(self, history: list) -> None:
@@ -515,7 +637,9 @@ class LayerwiseTrainer:
                                 for b in idx.split(65_536)])
             scores[key] = metric(data.y[idx], logits)
         model.train(was)
-        return scores
+        # Every rank scores (as the standard trainer's full-graph evaluation); rank 0's scores are
+        # used everywhere so that the best-model decision agrees.
+        return distributed.broadcast_object(scores) if self.world_size > 1 else scores
 
 
 def train_layerwise(cfg: Config, resume: bool = False) -> dict:
