@@ -236,6 +236,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def gather_object(obj, dst: int = 0) -> list | None:
+    """Every rank's ``obj`` as a list on rank ``dst`` (``None`` elsewhere); ``[obj]`` in a 1-process job."""
+    if not _active():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def all_gather_object(obj) -> list:
     if not _active():
         return [obj]
@@ -378,7 +387,9 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, *, static_graph: bool =
     same autograd graph; DDP then finds unused parameters itself after the first step and supports
     backward passes that re-enter autograd (activation checkpointing, reversible blocks recomputing
     their inputs, DEQ implicit gradients). ``find_unused=True`` is for graphs that change between
-    steps (and excludes ``static_graph``). Returns ``(ddp_model, CommStats | None)``.
+    steps (and excludes ``static_graph``). Returns ``(ddp_model, hook)``: ``hook`` is the communication
+    hook's state (``.stats`` its byte counts, ``state_dict()`` for checkpoints;
+    :func:`graphscale.train.comm_hooks.register_comm_hook`), ``None`` for plain all-reduce.
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -391,9 +402,9 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, *, static_graph: bool =
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     ddp = DDP(model, device_ids=ids, output_device=ids[0] if ids else None, static_graph=static_graph,
               find_unused_parameters=find_unused)
-    stats = register_comm_hook(ddp, comm_hook, powersgd_rank=powersgd_rank,
-                               powersgd_start_iter=powersgd_start_iter, seed=seed)
-    return ddp, stats
+    hook = register_comm_hook(ddp, comm_hook, powersgd_rank=powersgd_rank,
+                              powersgd_start_iter=powersgd_start_iter, seed=seed)
+    return ddp, hook
 
 
 def grad_bytes(model: torch.nn.Module) -> int:

@@ -441,12 +441,12 @@ class LayerwiseTrainer:
     def _wrap(self, step: nn.Module) -> nn.Module:
         """DDP around one layer's step module (a fresh DDP per layer: the trained parameters change)."""
         t = self.cfg.train
-        ddp, stats = distributed.wrap_model(step, self.dist, static_graph=t.ddp_static_graph,
+        ddp, hook = distributed.wrap_model(step, self.dist, static_graph=t.ddp_static_graph,
                                             find_unused=t.ddp_find_unused, comm_hook=t.comm_hook,
                                             powersgd_rank=t.powersgd_rank,
                                             powersgd_start_iter=t.powersgd_start_iter, seed=t.seed)
-        if stats is not None:
-            self.comm_stats.append(stats)
+        if hook is not None:  # a fresh hook (and state) per layer: checkpoints fall between layers
+            self.comm_stats.append(hook.stats)
         return ddp
 
     def run(self) -> dict:

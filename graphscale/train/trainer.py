@@ -23,6 +23,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 
 import torch
@@ -179,10 +180,10 @@ class Trainer:
                 "edge_weight" not in inspect.signature(self.model.forward).parameters:
             raise ConfigError(f"sampler.diag_lambda={cfg.sampler.diag_lambda} gives the model edge weights, but "
                               f"model.name={cfg.model.name!r} takes none; use model.name=gcn or diag_lambda=null")
-        self.train_model, self.comm_stats = self.model, None
+        self.train_model, self.comm = self.model, None
         if self.dist:
             t = cfg.train
-            self.train_model, self.comm_stats = distributed.wrap_model(
+            self.train_model, self.comm = distributed.wrap_model(
                 self.model, self.dist, static_graph=t.ddp_static_graph, find_unused=t.ddp_find_unused,
                 comm_hook=t.comm_hook, powersgd_rank=t.powersgd_rank, powersgd_start_iter=t.powersgd_start_iter,
                 seed=t.seed)
@@ -292,6 +293,25 @@ class Trainer:
     def _write_log(self, history: list) -> None:
         save_text("".join(json.dumps(row) + "\n" for row in history), os.path.join(self.out, LOG))
 
+    def _comm_state(self) -> dict | None:
+        """Every rank's communication-hook state (error-feedback residuals differ per rank), gathered
+        on rank 0 for its checkpoint (collective: all ranks call it). ``None`` without a hook."""
+        if self.comm is None:
+            return None
+        ranks = distributed.gather_object(self.comm.state_dict())
+        return {"hook": self.cfg.train.comm_hook, "world_size": self.world_size, "ranks": ranks}
+
+    def _load_comm_state(self, saved: dict | None) -> None:
+        if self.comm is None:
+            return
+        hook = self.cfg.train.comm_hook
+        if saved is not None and saved["hook"] == hook and saved["world_size"] == self.world_size:
+            self.comm.load_state_dict(saved["ranks"][self.rank])
+        elif self.is_main:
+            found = "none" if saved is None else f"{saved['hook']} on {saved['world_size']} processes"
+            print(f"graphscale train: the checkpoint holds no {hook} state for {self.world_size} processes "
+                  f"(found: {found}); error feedback restarts from zero", file=sys.stderr)
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
         try:
@@ -323,6 +343,7 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
             elapsed, bad_evals = ckpt["elapsed"], ckpt["bad_evals"]
+            self._load_comm_state(ckpt.get("comm_state"))
             if self.is_main:
                 self._write_log(history)  # drop rows of epochs the killed run did not checkpoint
 
@@ -356,8 +377,13 @@ class Trainer:
                 with open(os.path.join(self.out, LOG), "a") as fh:
                     fh.write(json.dumps(row) + "\n")
             stop = t.patience > 0 and bad_evals >= t.patience
-            if self.is_main and (epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop):
-                save_torch(self._state(epoch, history, best, elapsed, bad_evals), os.path.join(self.out, CHECKPOINT))
+            if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
+                comm = self._comm_state()  # collective: gathers every rank's hook state on rank 0
+                if self.is_main:
+                    state = self._state(epoch, history, best, elapsed, bad_evals)
+                    if comm is not None:
+                        state["comm_state"] = comm
+                    save_torch(state, os.path.join(self.out, CHECKPOINT))
             if stop:
                 break
         bar.close()
@@ -380,8 +406,8 @@ class Trainer:
             results["distributed"] = {"world_size": self.world_size, "backend": self.dist.backend,
                                       "grad_accum": t.grad_accum, "comm_hook": t.comm_hook,
                                       "allreduce_bytes_per_step": distributed.grad_bytes(self.model)}
-            if self.comm_stats is not None:
-                results["distributed"].update(self.comm_stats.as_dict())
+            if self.comm is not None:
+                results["distributed"].update(self.comm.stats.as_dict())
         if self.is_main:
             save_json(results, os.path.join(self.out, RESULTS))
         return results

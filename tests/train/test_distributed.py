@@ -138,8 +138,11 @@ def test_cli_rejects_bad_nproc_before_launching(capsys, tmp_path):
     from graphscale.cli import main
     assert main(["train", *TINY, f"data.root={tmp_path}/never", "--nproc", "100000"]) == 2
     assert "--nproc 100000 on CPU" in capsys.readouterr().err
-    assert main(["train", *TINY, "train.mode=layerwise", "--nproc", "2"]) == 2
-    assert "train.mode=layerwise trains one process only" in capsys.readouterr().err
+    # layer-wise training is distributed too (tests/train/test_distributed_layerwise.py); its checks run first
+    assert main(["train", *TINY, "train.mode=layerwise", "train.layer_epochs=0", "--nproc", "2"]) == 2
+    assert "train.layer_epochs must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["train", *TINY, "train.mode=layerwise", "--nproc", "100000"]) == 2
+    assert "--nproc 100000 on CPU" in capsys.readouterr().err
     assert not os.path.exists(f"{tmp_path}/never")
 
 
@@ -217,8 +220,20 @@ def test_deep_and_compressed_models_under_ddp(data_root, tmp_path):
     steps = sign["comm_steps"]
     assert steps == 2 * 2 and psgd["comm_steps"] == steps  # 2 epochs x 2 steps per rank
     assert sign["comm_uncompressed_bytes"] == steps * sign["allreduce_bytes_per_step"]
-    assert 25 < sign["comm_compression"] <= 32  # 1 bit per 32-bit value, plus one scale per bucket
+    # 1 bit per 32-bit value plus one float scale per parameter tensor (the tiny model is one bucket)
+    sizes = json.load(open(os.path.join(out, "signsgd-tensors.json")))
+    assert sum(sizes) * 4 == sign["allreduce_bytes_per_step"]
+    assert sign["comm_bytes"] == steps * (-(-sum(sizes) // 8) + 4 * len(sizes))
     assert 1 < psgd["comm_compression"] < sign["comm_compression"]
+    # Resume with a hook: its per-rank state comes back from the checkpoint, and the run is the
+    # uninterrupted one (parameters and byte counts); without that state it is not.
+    for hook in ("signsgd", "powersgd"):
+        ref, back, cold = (_model(os.path.join(out, f"{hook}{s}")) for s in ("", "-resumed", "-stateless"))
+        assert all(torch.equal(ref[k], back[k]) for k in ref), f"{hook}: resumed run differs"
+        assert max(float((ref[k] - cold[k]).abs().max()) for k in ref if ref[k].is_floating_point()) > 1e-4, hook
+        res = json.load(open(os.path.join(out, f"{hook}-resumed", "results.json")))["distributed"]
+        want = json.load(open(os.path.join(out, hook, "results.json")))["distributed"]
+        assert res == want, hook
     checks = json.load(open(os.path.join(out, "hook-checks.json")))
     assert checks["signsgd_step1_max_err"] < 1e-6 and checks["signsgd_step2_max_err"] < 1e-6
 
@@ -318,9 +333,25 @@ def _worker(argv: list[str]) -> int:
             with open(os.path.join(out, f"mismatch-rank{rank}.txt"), "w") as fh:
                 fh.write(str(exc))
         for hook in ("signsgd", "powersgd"):
-            cfg = load_config(None, TINY + [f"train.comm_hook={hook}", "train.powersgd_start_iter=2",
-                                            "train.epochs=2", f"data.root={data_root}", f"log.out={out}/{hook}"])
-            Trainer(cfg).run()
+            hook_args = TINY + [f"train.comm_hook={hook}", "train.powersgd_start_iter=2", f"data.root={data_root}"]
+            trainer = Trainer(load_config(None, hook_args + ["train.epochs=2", f"log.out={out}/{hook}"]))
+            trainer.run()
+            if rank == 0:
+                with open(os.path.join(out, f"{hook}-tensors.json"), "w") as fh:
+                    json.dump([p.numel() for p in trainer.model.parameters() if p.requires_grad], fh)
+            # The same run stopped after epoch 1 and resumed, with the hook state from the checkpoint, and
+            # (the contrast) resumed from a copy of that checkpoint without it.
+            part, stateless = f"{out}/{hook}-resumed", f"{out}/{hook}-stateless"
+            Trainer(load_config(None, hook_args + ["train.epochs=1", f"log.out={part}"])).run()
+            if rank == 0:
+                import shutil
+                shutil.copytree(part, stateless)
+                ckpt = torch.load(os.path.join(stateless, "checkpoint.pt"), weights_only=True)
+                assert len(ckpt.pop("comm_state")["ranks"]) == 2
+                torch.save(ckpt, os.path.join(stateless, "checkpoint.pt"))
+            dist.barrier()
+            for folder in (part, stateless):
+                Trainer(load_config(None, hook_args + ["train.epochs=2", f"log.out={folder}"]), resume=True).run()
         dist.destroy_process_group()
         return 0
     raise SystemExit(f"unknown worker mode {mode!r}")
