@@ -300,15 +300,16 @@ def paper_grid(datasets, args) -> None:
                                 scored[cfg_s] = max(scored.get(cfg_s, -1.0), float(r["acc_mean"]))
                         top = sorted(scored, key=lambda c: -scored[c])[: args.refine]
                         todo = [c for c in (_parse_cfg(t) for t in top)
-                                if (name, _cfg_str(c), "raw", grid_name[id(full)]) not in done]
+                                if (name, _cfg_str(c), args.variants[0], grid_name[id(full)]) not in done]
                     else:
-                        todo = [c for c in configs if (name, _cfg_str(c), "raw", grid_name[id(cg)]) not in done]
+                        todo = [c for c in configs if (name, _cfg_str(c), args.variants[0], grid_name[id(cg)]) not in done]
                     for cfg in todo:
                         p = parts if (cfg.mlp_layers, cfg.scale) == (R, scale) else \
                             _layer_pass(ds, name, L_max, cfg.mlp_layers, cfg.scale, args.dtype, args.compile)[0]
                         gram = np.asarray(combine_layers(p, cfg.layers, cfg.jk))
                         t0 = time.perf_counter()
-                        res = cross_validate(gram, ds.labels, ds.folds, c_grid=cg, n_jobs=args.jobs)
+                        res = cross_validate(gram, ds.labels, ds.folds, c_grid=cg, n_jobs=args.jobs,
+                                             variants=args.variants)
                         cv_s = time.perf_counter() - t0
                         rows = []
                         for variant, v in res["variants"].items():
@@ -323,8 +324,9 @@ def paper_grid(datasets, args) -> None:
                                          "cv_s": round(cv_s, 1), "dtype": args.dtype, "folds": ds.meta["folds"],
                                          "paper_mean": PAPER[name][0], "paper_std": PAPER[name][1], **env()})
                         write(f"grid_{name}", rows, to_json=False)
-                        print(f"grid {name} {_cfg_str(cfg)} C{len(cg)}: raw {rows[0]['acc_mean']} / normalized "
-                              f"{rows[1]['acc_mean']} (cv {cv_s:.0f} s)", flush=True)
+                        print(f"grid {name} {_cfg_str(cfg)} C{len(cg)}: "
+                              + " / ".join(f"{r['variant']} {r['acc_mean']}" for r in rows)
+                              + f" (cv {cv_s:.0f} s)", flush=True)
         grid_best(name)
 
 
@@ -373,6 +375,8 @@ def main():
     p.add_argument("--refine", type=int, default=3,
                    help="--grid paper: configurations re-scored on the full C grid after each pass (0: none)")
     p.add_argument("--jobs", type=int, default=1, help="parallel SVM fits")
+    p.add_argument("--variants", nargs="+", default=["raw", "normalized"], choices=["raw", "normalized"],
+                   help="--grid paper: Gram variants scored (raw = gram / min, normalized = cosine)")
     p.add_argument("--c-grid", type=int, default=25)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
