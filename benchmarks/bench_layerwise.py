@@ -53,19 +53,55 @@ REPO = os.path.dirname(HERE)
 SETTINGS = {
     "planetoid": dict(hidden=64, layers=2, lr=0.01, weight_decay=5e-4, full_epochs=200, full_dropout=0.5,
                       lw_dropout=0.2, layer_epochs=100, batch_size=256, eval_every=5, cluster_parts=10,
-                      cluster_q=2, cluster_epochs=200, l2o_sample_nodes=1024),
+                      cluster_q=2, cluster_epochs=200, l2o_sample_nodes=1024, l2o_min_epochs=10,
+                      l2o_decision_step=5, full_eval_every=1, full_max_seconds=None),
     "synthetic": dict(hidden=128, layers=2, lr=0.01, weight_decay=0.0, full_epochs=200, full_dropout=0.5,
                       lw_dropout=0.2, layer_epochs=40, batch_size=1024, eval_every=2, cluster_parts=50,
-                      cluster_q=5, cluster_epochs=60, l2o_sample_nodes=2048),
+                      cluster_q=5, cluster_epochs=60, l2o_sample_nodes=2048, l2o_min_epochs=10,
+                      l2o_decision_step=5, full_eval_every=1, full_max_seconds=None),
+    # 1e6 nodes on 2 shared cores: one full-batch epoch takes ~10-30 s here, so full-batch runs until
+    # full_epochs or full_max_seconds of training time, whichever comes first (the row records how
+    # many epochs it did), and is evaluated every 2 epochs; each L-GCN epoch is ~530 Adam steps.
+    "synthetic-1m": dict(hidden=128, layers=2, lr=0.01, weight_decay=0.0, full_epochs=100, full_dropout=0.5,
+                         lw_dropout=0.2, layer_epochs=20, batch_size=1024, eval_every=1, cluster_parts=50,
+                         cluster_q=5, cluster_epochs=10, l2o_sample_nodes=2048, l2o_min_epochs=4,
+                         l2o_decision_step=2, full_eval_every=2, full_max_seconds=900.0),
+}
+
+# Synthetic presets (graphscale.data.synthetic, arxiv kind: written in OGB's raw layout and read back
+# through ogb's PygNodePropPredDataset). "synthetic-pubmed" has PubMed's size (19,717 nodes, 500
+# features, 3 classes, ~4.5 edges per node) and a Planetoid-style split drawn here (20 training nodes
+# per class, 500 valid, 1,000 test), like PubMed's public split.
+PRESETS = {
+    "synthetic-arxiv-1m": dict(num_nodes=1_000_000, avg_degree=12.0, num_communities=200, num_features=128,
+                               num_classes=40),
+    "synthetic-pubmed": dict(num_nodes=19_717, avg_degree=4.5, num_communities=30, num_features=500, num_classes=3),
 }
 
 
 def _settings(name: str) -> dict:
-    return dict(SETTINGS["planetoid" if name in ("cora", "citeseer", "pubmed") else "synthetic"])
+    if name in ("cora", "citeseer", "pubmed", "synthetic-pubmed"):
+        return dict(SETTINGS["planetoid"])
+    return dict(SETTINGS["synthetic-1m" if name == "synthetic-arxiv-1m" else "synthetic"])
+
+
+def _planetoid_split(y, per_class: int = 20, valid: int = 500, test: int = 1000, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(y.numel(), generator=gen)
+    train = torch.cat([perm[y[perm] == c][:per_class] for c in range(int(y.max()) + 1)])
+    rest = perm[~torch.isin(perm, train)]
+    return {"train": train.sort().values, "valid": rest[:valid].sort().values,
+            "test": rest[valid:valid + test].sort().values}
 
 
 def _load(name: str, root: str):
     from graphscale.data import SyntheticSpec, load_dataset
+    if name in PRESETS:
+        data = load_dataset("synthetic-arxiv", root, synthetic=SyntheticSpec(kind="arxiv", **PRESETS[name]))
+        data.name = name
+        if name == "synthetic-pubmed":
+            data.split = _planetoid_split(data.y)
+        return data
     if name.startswith("synthetic-arxiv"):
         n = int(float(name.split(":")[1])) if ":" in name else 100_000
         return load_dataset("synthetic-arxiv", root, synthetic=SyntheticSpec(
@@ -94,7 +130,7 @@ def _acc(logits, y) -> float:
 
 # --------------------------------------------------------------------------- methods (child process)
 def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int = 0,
-               controller_path: str = "") -> dict:
+               controller_path: str = "", full_max_seconds: float | None = None) -> dict:
     """One (data set, method) run; returns summary + curve (runs inside peak_rss_subprocess)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
@@ -103,6 +139,8 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
     from graphscale.train.metrics import loss_fn
 
     s = _settings(dataset)
+    if full_max_seconds is not None:
+        s["full_max_seconds"] = full_max_seconds
     data = _load(dataset, root)
     x, y, split = data.x, data.y, data.split
     adj = gcn_adjacency(data.edge_index, data.num_nodes)
@@ -125,32 +163,51 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
 
 
 def _run_full(data, adj, s, loss, curve, count_saved_bytes) -> dict:
+    from graphscale.sampling.layerwise import aggregate
     from graphscale.train.layerwise import LayerwiseGCN
     x, y, split = data.x, data.y, data.split
     tr = split["train"]
     model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, s["layers"], s["full_dropout"])
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     clock, step_bytes = Clock(), None
+
+    def forward(ax):  # = model.forward_adj(x, adj), with the first aggregation A_hat X done once
+        h = model.block(0, ax)
+        for layer in range(1, model.num_layers):
+            h = model.block(layer, aggregate(adj, h))
+        return model.head(h)
+
+    # The input X never changes, so full-batch GCN aggregates it once (timed), as L-GCN does: the
+    # baseline is not charged a propagation per epoch that it does not need.
+    clock.go()
+    ax = aggregate(adj, x)
+    clock.stop()
+    epoch = 0
     for epoch in range(1, s["full_epochs"] + 1):
         clock.go()
         model.train()
         opt.zero_grad(set_to_none=True)
         if step_bytes is None:
             with count_saved_bytes(exclude=model) as c:
-                value = loss(model.forward_adj(x, adj)[tr], y[tr])
+                value = loss(forward(ax)[tr], y[tr])
             step_bytes = c.total
         else:
-            value = loss(model.forward_adj(x, adj)[tr], y[tr])
+            value = loss(forward(ax)[tr], y[tr])
         value.backward()
         opt.step()
         t = clock.stop()
-        model.eval()
-        with torch.no_grad():
-            logits = model.forward_adj(x, adj)
-        curve.append({"seconds": t, "epoch": epoch, "loss": float(value),
-                      "valid": _acc(logits[split["valid"]], y[split["valid"]]),
-                      "test": _acc(logits[split["test"]], y[split["test"]])})
-    return {"step_saved_bytes": step_bytes, "epochs": s["full_epochs"]}
+        out_of_time = s.get("full_max_seconds") and t >= s["full_max_seconds"]
+        if epoch % s.get("full_eval_every", 1) == 0 or epoch == s["full_epochs"] or out_of_time:
+            model.eval()
+            with torch.no_grad():
+                logits = forward(ax)
+            curve.append({"seconds": t, "epoch": epoch, "loss": float(value),
+                          "valid": _acc(logits[split["valid"]], y[split["valid"]]),
+                          "test": _acc(logits[split["test"]], y[split["test"]])})
+            del logits
+        if out_of_time:
+            break
+    return {"step_saved_bytes": step_bytes, "epochs": epoch}
 
 
 def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, controller_path: str,
@@ -171,12 +228,16 @@ def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, 
             episode = gcn_episode(x, data.edge_index, y, split["train"], loss, L, s["hidden"],
                                   s["l2o_sample_nodes"], s["lr"], seed)
             ctrl = train_controller(episode, L, rounds=40, hidden_size=16, max_epochs=s["layer_epochs"],
-                                    min_epochs=10, decision_step=5, time_ratio=1e-2, seed=seed)
+                                    min_epochs=s["l2o_min_epochs"], decision_step=s["l2o_decision_step"],
+                                    time_ratio=1e-2, seed=seed)
             extra["controller_seconds"] = time.perf_counter() - t0
             extra["controller_from"] = data.name
             if controller_path:
                 save_controller(ctrl, controller_path)
-        stopper = StopPolicy(ctrl, L, min_epochs=10, max_epochs=s["layer_epochs"], decision_step=5, threshold=0.5)
+        # threshold=None: the controller's learned stop_threshold (mean P(stop) over its training).
+        stopper = StopPolicy(ctrl, L, min_epochs=s["l2o_min_epochs"], max_epochs=s["layer_epochs"],
+                             decision_step=s["l2o_decision_step"], threshold=None)
+        extra["stop_threshold"] = float(ctrl.stop_threshold)
     else:
         stopper = FixedEpochs(s["layer_epochs"])
     model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, L, s["lw_dropout"])
@@ -316,14 +377,44 @@ def summarise(rows: list[dict], tol: float) -> None:
             if r["time_to_target"] and full["time_to_target"]:
                 r["speedup_vs_full"] = full["time_to_target"] / r["time_to_target"]
             r["saved_bytes_ratio_vs_full"] = r["step_saved_bytes"] / full["step_saved_bytes"]
+    lgcn = next((r for r in rows if r["method"] == "lgcn"), None)
+    if lgcn:
+        for r in rows:
+            r["train_seconds_ratio_vs_lgcn"] = r["train_seconds"] / lgcn["train_seconds"]
+            if r["time_to_target"] and lgcn["time_to_target"]:
+                r["time_to_target_ratio_vs_lgcn"] = r["time_to_target"] / lgcn["time_to_target"]
+
+
+SUMMARY_KEYS = ("final_test", "test_at_best_valid", "best_valid", "train_seconds", "epochs", "time_to_target",
+                "speedup_vs_full", "train_seconds_ratio_vs_lgcn", "time_to_target_ratio_vs_lgcn",
+                "peak_rss_bytes", "controller_seconds")
+
+
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
+    """Mean / std / count over seeds of SUMMARY_KEYS per (data set, method); a time to target that
+    some seeds never reached is averaged over the seeds that reached it (``reached`` counts them)."""
+    import statistics
+    out = []
+    for key in dict.fromkeys((r["dataset"], r["method"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["method"]) == key]
+        row = {"dataset": key[0], "method": key[1], "seeds": [r["seed"] for r in group],
+               "reached": sum(r.get("time_to_target") is not None for r in group)}
+        for k in SUMMARY_KEYS:
+            vals = [r[k] for r in group if r.get(k) is not None]
+            if vals:
+                row[k + "_mean"] = statistics.fmean(vals)
+                row[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(row)
+    return out
 
 
 def _write(all_rows: list, meta: dict, args) -> None:
     """Write the CSV and JSON (called after every data set, so a long run keeps what it measured)."""
     suffix = f"_{args.tag}" if args.tag else ""
-    fields = ["dataset", "method", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
+    fields = ["dataset", "method", "seed", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
               "train_seconds", "controller_seconds", "controller_from", "partition_seconds", "target_valid",
-              "time_to_target", "speedup_vs_full", "test_at_target", "best_valid", "test_at_best_valid",
+              "time_to_target", "speedup_vs_full", "train_seconds_ratio_vs_lgcn",
+              "time_to_target_ratio_vs_lgcn", "stop_threshold", "test_at_target", "best_valid", "test_at_best_valid",
               "final_valid", "final_test", "step_saved_bytes", "saved_bytes_ratio_vs_full", "peak_rss_bytes",
               "peak_rss_growth_bytes", "wall_seconds"]
     with open(os.path.join(HERE, "results", f"layerwise{suffix}.csv"), "w", newline="") as fh:
@@ -331,8 +422,15 @@ def _write(all_rows: list, meta: dict, args) -> None:
         w.writerow(fields + ["device", "torch", "threads"])
         for r in all_rows:
             w.writerow([r.get(f, "") for f in fields] + [meta["device"], meta["versions"]["torch"], args.threads])
+    summary = aggregate_seeds(all_rows)
+    with open(os.path.join(HERE, "results", f"layerwise{suffix}_summary.csv"), "w", newline="") as fh:
+        keys = ["dataset", "method", "seeds", "reached"] + [f"{k}_{s}" for k in SUMMARY_KEYS for s in ("mean", "std")]
+        w = csv.writer(fh)
+        w.writerow(keys)
+        for r in summary:
+            w.writerow([r.get(k, "") for k in keys])
     with open(os.path.join(HERE, "results", f"layerwise{suffix}.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": all_rows}, fh, indent=1)
+        json.dump({"meta": meta, "summary": summary, "rows": all_rows}, fh, indent=1)
 
 
 def main(argv=None) -> int:
@@ -348,6 +446,10 @@ def main(argv=None) -> int:
                    help="L2-GCN controller file: trained on the first data set if missing, then reused")
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="one run per seed (model init, batch order; L2-GCN trains its controller per seed)")
+    p.add_argument("--full-max-seconds", type=float, default=None,
+                   help="override the full-batch training-time budget of every data set")
     args = p.parse_args(argv)
 
     try:
@@ -361,27 +463,36 @@ def main(argv=None) -> int:
             "command": "python benchmarks/bench_layerwise.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     all_rows = []
     for ds in args.datasets:
-        rows = []
-        for m in args.methods:
-            t0 = time.perf_counter()
-            res = peak_rss_subprocess("bench_layerwise:run_method",
-                                      {"dataset": ds, "method": m, "root": args.root, "threads": args.threads,
-                                       "controller_path": args.controller}, timeout=args.timeout, env=env)
-            row = res["result"]
-            row["peak_rss_bytes"], row["base_rss_bytes"] = res["peak_rss"], res["base_rss"]
-            row["peak_rss_growth_bytes"] = res["peak_rss"] - res["base_rss"]
-            row["wall_seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            print(f"{ds} {m}: {row['curve'][-1]['seconds']:.1f} s train, valid {max(q['valid'] for q in row['curve']):.4f}",
-                  flush=True)
-        summarise(rows, args.tol)
-        for r in rows:
-            print(f"  {ds:>24} {r['method']:>8}: test@best-valid {r['test_at_best_valid']:.4f} final test "
-                  f"{r['final_test']:.4f}  time-to-target {r['time_to_target']}  train {r['train_seconds']:.1f} s  "
-                  f"step saved {r['step_saved_bytes'] / 2**20:.2f} MiB  RSS growth "
-                  f"{r['peak_rss_growth_bytes'] / 2**20:.0f} MiB", flush=True)
-        all_rows += rows
-        _write(all_rows, meta, args)
+        for seed in args.seeds:
+            rows = []
+            ctrl_path = args.controller
+            if ctrl_path and args.seeds != [0]:
+                stem, ext = os.path.splitext(ctrl_path)
+                ctrl_path = f"{stem}_s{seed}{ext}"
+            for m in args.methods:
+                t0 = time.perf_counter()
+                res = peak_rss_subprocess("bench_layerwise:run_method",
+                                          {"dataset": ds, "method": m, "root": args.root, "threads": args.threads,
+                                           "seed": seed, "controller_path": ctrl_path,
+                                           "full_max_seconds": args.full_max_seconds},
+                                          timeout=args.timeout, env=env)
+                row = res["result"]
+                row["seed"] = seed
+                row["peak_rss_bytes"], row["base_rss_bytes"] = res["peak_rss"], res["base_rss"]
+                row["peak_rss_growth_bytes"] = res["peak_rss"] - res["base_rss"]
+                row["wall_seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                print(f"{ds} seed {seed} {m}: {row['curve'][-1]['seconds']:.1f} s train, valid "
+                      f"{max(q['valid'] for q in row['curve']):.4f}, epochs {row.get('layer_epochs_used', row['epochs'])}",
+                      flush=True)
+            summarise(rows, args.tol)
+            for r in rows:
+                print(f"  {ds:>20} s{seed} {r['method']:>6}: test@best-valid {r['test_at_best_valid']:.4f} final test "
+                      f"{r['final_test']:.4f}  time-to-target {r['time_to_target']}  train {r['train_seconds']:.2f} s  "
+                      f"ratio-vs-lgcn {r.get('train_seconds_ratio_vs_lgcn')}  step saved "
+                      f"{r['step_saved_bytes'] / 2**20:.2f} MiB  peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+            all_rows += rows
+            _write(all_rows, meta, args)
 
     return 0
 
