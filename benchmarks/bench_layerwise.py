@@ -130,7 +130,8 @@ def _acc(logits, y) -> float:
 
 # --------------------------------------------------------------------------- methods (child process)
 def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int = 0,
-               controller_path: str = "", full_max_seconds: float | None = None) -> dict:
+               controller_path: str = "", full_max_seconds: float | None = None,
+               layer_epochs: int | None = None) -> dict:
     """One (data set, method) run; returns summary + curve (runs inside peak_rss_subprocess)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
@@ -141,6 +142,8 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
     s = _settings(dataset)
     if full_max_seconds is not None:
         s["full_max_seconds"] = full_max_seconds
+    if layer_epochs is not None:
+        s["layer_epochs"] = layer_epochs
     data = _load(dataset, root)
     x, y, split = data.x, data.y, data.split
     adj = gcn_adjacency(data.edge_index, data.num_nodes)
@@ -450,6 +453,8 @@ def main(argv=None) -> int:
                    help="one run per seed (model init, batch order; L2-GCN trains its controller per seed)")
     p.add_argument("--full-max-seconds", type=float, default=None,
                    help="override the full-batch training-time budget of every data set")
+    p.add_argument("--layer-epochs", type=int, default=None,
+                   help="override epochs per layer (L-GCN) / max epochs per layer (L2-GCN)")
     args = p.parse_args(argv)
 
     try:
@@ -474,7 +479,8 @@ def main(argv=None) -> int:
                 res = peak_rss_subprocess("bench_layerwise:run_method",
                                           {"dataset": ds, "method": m, "root": args.root, "threads": args.threads,
                                            "seed": seed, "controller_path": ctrl_path,
-                                           "full_max_seconds": args.full_max_seconds},
+                                           "full_max_seconds": args.full_max_seconds,
+                                           "layer_epochs": args.layer_epochs},
                                           timeout=args.timeout, env=env)
                 row = res["result"]
                 row["seed"] = seed
