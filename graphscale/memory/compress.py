@@ -21,6 +21,7 @@ Presets (``preset=``):
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Callable
 
@@ -99,7 +100,7 @@ def _hooked_class(cls: type) -> type:
 
 def _hooked(m: nn.Module, cfg: CompressionConfig | None) -> nn.Module:
     if cfg is not None and cfg.kept_frac < 1.0:  # the hooks never project (see graphscale.memory.hooks)
-        cfg = CompressionConfig(cfg.bits, cfg.group_size, 1.0, cfg.backend, cfg.compress_inputs)
+        cfg = dataclasses.replace(cfg, kept_frac=1.0)
     return _hooked_class(type(m)).convert(m, cfg)
 
 
@@ -152,6 +153,8 @@ def _resolve(preset, bits, group_size, kept_frac, norms, disable):
         group_size = opts.get("group_size", group_size)
         kept_frac = opts.get("kept_frac", kept_frac)
         norms = opts.get("norms", norms)
+        return CompressionConfig(bits, group_size, kept_frac, dropout_mask=opts.get("dropout_mask", "packed")), \
+            norms, disable
     cfg = CompressionConfig(bits, group_size, kept_frac)  # validates everything up front
     return cfg, norms, disable
 
@@ -159,7 +162,7 @@ def _resolve(preset, bits, group_size, kept_frac, norms, disable):
 def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256, kept_frac: float = 1.0,
                    preset: str | None = None, norms: bool = True, strict: bool = False, disable: bool = False,
                    backend: str | None = None, hooks_fallback: bool = False,
-                   compress_inputs: bool = False) -> nn.Module:
+                   compress_inputs: bool = False, dropout_mask: str | None = None) -> nn.Module:
     """Replace ``model``'s supported layers by activation-compressed twins, in place; returns the model.
 
     Supported (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally projected),
@@ -188,10 +191,13 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             module's own forward that is not listed still stay uncompressed.
         compress_inputs: also compress layer inputs without autograd history (the step's input
             features; default: kept by reference, see :class:`CompressionConfig`).
+        dropout_mask: ``'packed'`` (1 bit per element, torch's Bernoulli draw) or ``'seed'`` (0 bytes:
+            the mask regenerated in backward from a seed); default: the preset's, else ``'packed'``.
     """
     cfg, norms, disable = _resolve(preset, bits, group_size, kept_frac, norms, disable)
-    if cfg is not None and (backend is not None or compress_inputs):
-        cfg = CompressionConfig(cfg.bits, cfg.group_size, cfg.kept_frac, backend, bool(compress_inputs))
+    if cfg is not None and (backend is not None or compress_inputs or dropout_mask is not None):
+        cfg = dataclasses.replace(cfg, backend=backend, compress_inputs=bool(compress_inputs),
+                                  dropout_mask=dropout_mask or cfg.dropout_mask)
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress_model expects an nn.Module, got {type(model).__name__}")
     use = None if disable else cfg
@@ -201,7 +207,7 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             is_norm = isinstance(m, (QLayerNorm, QBatchNorm1d))
             m.compression = use if (norms or not is_norm) else None
             if type(m) in _HOOKED.values() and use is not None and use.kept_frac < 1.0:
-                m.compression = CompressionConfig(use.bits, use.group_size, 1.0, use.backend, use.compress_inputs)
+                m.compression = dataclasses.replace(use, kept_frac=1.0)
             return m
         entry = _REPLACEMENTS.get(type(m))
         if entry is None:

@@ -193,3 +193,25 @@ def test_bad_input_messages():
             CompressionConfig(kept_frac=k)
     with pytest.raises(ConfigError, match="unknown quantization backend 'cuda'"):
         quantize(x, 2, backend="cuda")
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("group_size", GROUPS)
+def test_blocked_codes_match_elementwise_definition(bits, group_size):
+    # The torch path runs in blocks of rows; any block size gives the codes of the definition
+    # q = clamp(floor((x - mn) / scale + u), 0, levels), u = stochastic_uniform(index, seed).
+    import importlib
+    Q = importlib.import_module("graphscale.memory.quantize")
+    x = torch.randn(53, 45) * 2 + 0.5
+    q = quantize(x, bits, group_size, seed=9)
+    x2d, cols = Q._view_rows(x, group_size)
+    mn, _, inv = Q._row_stats(x2d, bits)
+    u = stochastic_uniform(Q._index(*x2d.shape, "cpu"), 9)
+    codes = ((x2d - mn.float()[:, None]) * inv[:, None] + u).floor().clamp(0, _levels(bits)).to(torch.uint8)
+    assert torch.equal(q.packed, pack_codes(codes, bits))
+    for block in (1, 64, 1000, 10**6):
+        packed, mn2, scale2, cols2 = Q._quantize_reference(x, bits, group_size, 9, block=block)
+        assert torch.equal(packed, q.packed) and torch.equal(mn2, q.mn) and cols2 == cols
+        assert torch.equal(Q._dequantize_reference(packed, mn2, scale2, bits, cols, block=block),
+                           Q._dequantize_reference(packed, mn2, scale2, bits, cols, block=10**6))
+    assert torch.equal(unpack_codes(q.packed, bits, cols), codes)
