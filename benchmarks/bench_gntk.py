@@ -44,7 +44,7 @@ from graphscale.gntk.kernel import GNTKConfig, combine_layers, gram_matrix, laye
 from graphscale.gntk.svm import cross_validate, default_c_grid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.environ.get("GRAPHSCALE_RESULTS", os.path.join(HERE, "results"))
 SHARED = os.environ.get("GRAPHSCALE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 GIN = os.path.join(SHARED, "GIN_format", "dataset")
 CACHE = os.path.join(os.environ.get("GRAPHSCALE_CACHE", os.path.expanduser("~/.cache/graphscale")), "gntk")
@@ -285,6 +285,7 @@ def paper_grid(datasets, args) -> None:
         L_max = args.max_layers or max(PAPER_LAYERS.get(name, (1, 3)))
         eval_layers = args.eval_layers or list(range(1, L_max + 1))
         jks = [bool(j) for j in args.jk_list]
+        refined: set = set()  # configs re-scored on the full grid by this run (besides those in the CSV)
         for R in args.mlp_list:
             for scale in args.scales:
                 parts, secs = _layer_pass(ds, name, L_max, R, scale, args.dtype, args.compile)
@@ -299,34 +300,47 @@ def paper_grid(datasets, args) -> None:
                             if dsn == name:
                                 scored[cfg_s] = max(scored.get(cfg_s, -1.0), float(r["acc_mean"]))
                         top = sorted(scored, key=lambda c: -scored[c])[: args.refine]
-                        todo = [c for c in (_parse_cfg(t) for t in top)
-                                if (name, _cfg_str(c), args.variants[0], grid_name[id(full)]) not in done]
+                        fine = {k[1] for k in done if k[0] == name and k[3] != grid_name[id(coarse)]}
+                        todo = [c for c in (_parse_cfg(t) for t in top) if _cfg_str(c) not in refined | fine]
+                        refined.update(_cfg_str(c) for c in todo)
                     else:
                         todo = [c for c in configs if (name, _cfg_str(c), args.variants[0], grid_name[id(cg)]) not in done]
                     for cfg in todo:
                         p = parts if (cfg.mlp_layers, cfg.scale) == (R, scale) else \
                             _layer_pass(ds, name, L_max, cfg.mlp_layers, cfg.scale, args.dtype, args.compile)[0]
                         gram = np.asarray(combine_layers(p, cfg.layers, cfg.jk))
-                        t0 = time.perf_counter()
-                        res = cross_validate(gram, ds.labels, ds.folds, c_grid=cg, n_jobs=args.jobs,
-                                             variants=args.variants)
-                        cv_s = time.perf_counter() - t0
+                        # (variant, C values, label): one call for all variants, or with --refine-window the
+                        # full-grid values within that many steps of each variant's coarse best C
+                        jobs = [(tuple(args.variants), cg, grid_name[id(cg)])]
+                        if cg is full and args.refine_window:
+                            jobs = []
+                            for variant in args.variants:
+                                r = done.get((name, _cfg_str(cfg), variant, grid_name[id(coarse)]))
+                                i = int(np.argmin(np.abs(np.log(full) - np.log(float(r["best_C"]))))) if r else 0
+                                a, b = (max(0, i - args.refine_window), min(len(full), i + args.refine_window + 1)) \
+                                    if r else (0, len(full))
+                                jobs.append(((variant,), full[a:b], f"logspace(-2,4,{args.c_grid})[{a}:{b}]"))
                         rows = []
-                        for variant, v in res["variants"].items():
-                            rows.append({"dataset": name, "config": _cfg_str(cfg), "layers": cfg.layers,
-                                         "mlp_layers": cfg.mlp_layers, "scale": cfg.scale, "jk": cfg.jk,
-                                         "variant": variant, "c_grid": grid_name[id(cg)], "best_C": v["best_C"],
-                                         "acc_mean": round(100 * v["best_mean"], 2),
-                                         "acc_std": round(100 * v["best_std"], 2),
-                                         "fold_acc": " ".join(f"{a:.4f}" for a in v["best_fold_acc"]),
-                                         "fits_stopped_at_max_iter": v["fits_stopped_at_max_iter"],
-                                         "layer_pass_L": L_max, "layer_pass_s": round(secs, 1),
-                                         "cv_s": round(cv_s, 1), "dtype": args.dtype, "folds": ds.meta["folds"],
-                                         "paper_mean": PAPER[name][0], "paper_std": PAPER[name][1], **env()})
+                        for variants, c_vals, label in jobs:
+                            t0 = time.perf_counter()
+                            res = cross_validate(gram, ds.labels, ds.folds, c_grid=c_vals, n_jobs=args.jobs,
+                                                 variants=variants)
+                            cv_s = time.perf_counter() - t0
+                            for variant, v in res["variants"].items():
+                                rows.append({"dataset": name, "config": _cfg_str(cfg), "layers": cfg.layers,
+                                             "mlp_layers": cfg.mlp_layers, "scale": cfg.scale, "jk": cfg.jk,
+                                             "variant": variant, "c_grid": label, "best_C": v["best_C"],
+                                             "acc_mean": round(100 * v["best_mean"], 2),
+                                             "acc_std": round(100 * v["best_std"], 2),
+                                             "fold_acc": " ".join(f"{a:.4f}" for a in v["best_fold_acc"]),
+                                             "fits_stopped_at_max_iter": v["fits_stopped_at_max_iter"],
+                                             "layer_pass_L": L_max, "layer_pass_s": round(secs, 1),
+                                             "cv_s": round(cv_s, 1), "dtype": args.dtype, "folds": ds.meta["folds"],
+                                             "paper_mean": PAPER[name][0], "paper_std": PAPER[name][1], **env()})
                         write(f"grid_{name}", rows, to_json=False)
-                        print(f"grid {name} {_cfg_str(cfg)} C{len(cg)}: "
-                              + " / ".join(f"{r['variant']} {r['acc_mean']}" for r in rows)
-                              + f" (cv {cv_s:.0f} s)", flush=True)
+                        print(f"grid {name} {_cfg_str(cfg)}: "
+                              + " / ".join(f"{r['variant']} {r['acc_mean']} ({r['c_grid']})" for r in rows)
+                              + f" (cv {sum(float(r['cv_s']) for r in rows):.0f} s)", flush=True)
         grid_best(name)
 
 
@@ -374,6 +388,9 @@ def main():
                    help="--grid paper: first score every c-stride-th C of the --c-grid values")
     p.add_argument("--refine", type=int, default=3,
                    help="--grid paper: configurations re-scored on the full C grid after each pass (0: none)")
+    p.add_argument("--refine-window", type=int, default=0,
+                   help="--grid paper: refine on the full-grid C values within this many steps of the coarse best "
+                        "C (0: all of them)")
     p.add_argument("--jobs", type=int, default=1, help="parallel SVM fits")
     p.add_argument("--variants", nargs="+", default=["raw", "normalized"], choices=["raw", "normalized"],
                    help="--grid paper: Gram variants scored (raw = gram / min, normalized = cosine)")
