@@ -6,7 +6,9 @@ For GCN, GraphSAGE and GEN stacks on real data sets (Cora, CiteSeer), in one run
   the graph structure and the input features -- held by the data set -- excluded) for float32, 8/4/2/1-bit
   layers (``compress_model(..., hooks_fallback=True)``: message-passing internals quantized by scoped
   hooks), 2 bits + random projection (EXACT), 2-bit per-node statistics (EXACT), 2-bit layers without
-  the fallback (``2bit-nofb``) and the model-agnostic 2-bit hooks (``hook_compression``);
+  the fallback (``2bit-nofb``), the model-agnostic 2-bit hooks (``hook_compression``), dropout masks
+  regenerated from a seed (``*-seed``: 0 mask bytes) and the replaced layers with exact storage
+  (``fp32-layers``: ``compress_model(disable=True)``, e.g. SAGE's reordered neighbour Linear alone);
 * time per training step (forward + backward + Adam), median over ``--time-steps``, each config
   timed interleaved with a float32 twin (overhead = same-window ratio; the machine may be shared);
 * test accuracy at the best validation epoch, mean and std over ``--seeds`` seeds (float32 vs the
@@ -28,8 +30,9 @@ import time
 import warnings
 
 _CONFIGS = {
-    # name: (mode, bits, group_size, kept_frac)
+    # name: (mode, bits, group_size, kept_frac[, dropout_mask])
     "fp32": ("none", 32, None, 1.0),
+    "fp32-layers": ("disabled", 32, None, 1.0),  # compress_model(disable=True): replaced layers, exact storage
     "8bit": ("layers", 8, 256, 1.0),
     "4bit": ("layers", 4, 256, 1.0),
     "2bit": ("layers", 2, 256, 1.0),
@@ -38,7 +41,15 @@ _CONFIGS = {
     "2bit-node": ("layers", 2, None, 1.0),
     "2bit-hooks": ("hooks", 2, 256, 1.0),
     "2bit-nofb": ("layers-only", 2, 256, 1.0),
+    "2bit-seed": ("layers", 2, 256, 1.0, "seed"),  # dropout masks regenerated from a seed (0 bytes)
+    "2bit-rp-seed": ("layers", 2, 256, 0.125, "seed"),
+    "2bit-rp4-seed": ("layers", 2, 256, 0.25, "seed"),
 }
+
+
+def _spec(config: str):
+    mode, bits, group, kept, *rest = _CONFIGS[config]
+    return mode, bits, group, kept, (rest[0] if rest else "packed")
 _MODELS = ("gcn", "sage", "gen")
 
 
@@ -125,12 +136,14 @@ def _graph(kind: str, edge_index, n: int):
 
 def _apply(model, config: str):
     from graphscale.memory import compress_model, hook_compression
-    mode, bits, group, kept = _CONFIGS[config]
+    mode, bits, group, kept, drop = _spec(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if mode in ("layers", "layers-only"):
             return compress_model(model, bits=bits, group_size=group, kept_frac=kept,
-                                  hooks_fallback=mode == "layers")
+                                  hooks_fallback=mode == "layers", dropout_mask=drop)
+        if mode == "disabled":
+            return compress_model(model, disable=True, hooks_fallback=True)
         if mode == "hooks":
             return hook_compression(model, bits=bits, group_size=group)
     return model
@@ -260,9 +273,10 @@ def run(args) -> int:
 
             base = {}
             for cfg in configs:
-                mode, bits, group, kept = _CONFIGS[cfg]
+                mode, bits, group, kept, drop = _spec(cfg)
                 row = {"dataset": ds, "model": kind, "config": cfg, "mode": mode, "bits": bits,
-                       "group_size": group or 0, "kept_frac": kept, "num_nodes": n, "hidden": args.hidden,
+                       "group_size": group or 0, "kept_frac": kept, "dropout_mask": drop if mode != "none" else "",
+                       "num_nodes": n, "hidden": args.hidden,
                        "layers": args.layers}
                 model = _apply(make(), cfg)
                 row["act_bytes"] = _saved_bytes(model, data.x, graph)

@@ -31,7 +31,7 @@ from torch import nn
 from graphscale.errors import ConfigError
 from graphscale.memory.hooks import compressed_activations, step_inputs
 from graphscale.memory.layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
-                                      _Compressed, _PyGLinear)
+                                      QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
 from graphscale.memory.quantize import CompressionConfig
 
 __all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
@@ -76,6 +76,9 @@ if _PyGLinear is not None:
                               "must see one forward pass before it can be compressed")
         return QPyGLinear.convert(m, cfg)
     register_compressed(_PyGLinear, _pyg_linear)
+
+if _SAGEConv is not None:
+    register_compressed(_SAGEConv, QSAGEConv.convert)
 
 _HOOKED: dict[type, type] = {}
 

@@ -376,3 +376,51 @@ try:  # PyG's own Linear (used inside its convolutions): same forward as nn.Line
 except ImportError:  # pragma: no cover - PyG is a dependency; keep the module importable without it
     _PyGLinear = None
     QPyGLinear = None
+
+
+try:  # PyG's SAGEConv: a replacement that aggregates after its neighbour Linear (mean / sum only).
+    from torch_geometric.nn.aggr import MeanAggregation as _MeanAggr, SumAggregation as _SumAggr
+    from torch_geometric.nn.conv import SAGEConv as _SAGEConv
+
+    class QSAGEConv(_Compressed, _SAGEConv):
+        """:class:`torch_geometric.nn.SAGEConv` (Hamilton et al., NeurIPS 2017) whose neighbour Linear
+        runs *before* a mean / sum aggregation: ``agg_j(x_j) W^T + b = agg_j(x_j W^T) + b`` exactly (an
+        empty neighbourhood gives 0 on both sides; GCNConv orders it the same way). ``lin_l`` then reads
+        the layer input itself -- in the first layer the step's input features, kept by reference; in
+        later layers the activation ``lin_r`` reads too, quantized once for both (EXACT's shared copy)
+        -- instead of a separate ``[N, in_channels]`` aggregated tensor that must be quantized every
+        step; the aggregation runs on ``out_channels`` columns, and whatever float tensors it saves
+        are quantized by scoped saved-tensor hooks. Other aggregations and ``project=True`` run
+        SAGEConv's own forward. Shapes and arguments as SAGEConv.
+        """
+
+        def _reorders(self) -> bool:
+            return (not self.project and isinstance(self.aggr_module, (_MeanAggr, _SumAggr))
+                    and type(self.aggr_module) in (_MeanAggr, _SumAggr))
+
+        def forward(self, x, edge_index, size=None):
+            if not self._reorders():
+                return _SAGEConv.forward(self, x, edge_index, size)
+            c = self.compression
+            if isinstance(x, Tensor):
+                x = (x, x)
+            h = qlinear(x[0], self.lin_l.weight, None, c)
+            if c is not None and self.training and torch.is_grad_enabled():
+                from graphscale.memory.hooks import compressed_activations
+                with compressed_activations(c.bits, c.group_size, backend=c.backend,
+                                            compress_inputs=c.compress_inputs):
+                    out = self.propagate(edge_index, x=(h, x[1]), size=size)
+            else:
+                out = self.propagate(edge_index, x=(h, x[1]), size=size)
+            if self.lin_l.bias is not None:
+                out = out + self.lin_l.bias
+            if self.root_weight and x[1] is not None:
+                out = out + qlinear(x[1], self.lin_r.weight, self.lin_r.bias, c)
+            if self.normalize:
+                out = F.normalize(out, p=2.0, dim=-1)
+            return out
+
+    __all__.append("QSAGEConv")
+except ImportError:  # pragma: no cover
+    _SAGEConv = None
+    QSAGEConv = None
