@@ -7,6 +7,7 @@ controller file. The same configs then run in this process (1 process) and the p
 
 Rank 1 is given a stopping rule that disagrees with rank 0's (L-GCN: stop after every epoch; L2-GCN: never
 stop): the run only completes, with rank 0's schedule, because the stop decision is rank 0's, broadcast.
+The same launch also kills the L-GCN run at the start of layer 2 and resumes it on 2 processes.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_layerwise_two_processes_equal_one_process(tmp_path):
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("best valid") == len(RUNS), proc.stdout  # only rank 0 reports
+    assert proc.stdout.count("best valid") == len(RUNS) + 1, proc.stdout  # only rank 0 reports (+ the resumed run)
     print(f"2-process launch: {time.time() - t0:.1f} s")
 
     for name in RUNS:
@@ -90,6 +91,16 @@ def test_layerwise_two_processes_equal_one_process(tmp_path):
         if name == "lgcn":
             assert os.listdir(two / "features") == []  # every rank removed its own mmap files
 
+    # Killed after layer 1, resumed on 2 processes: the uninterrupted 2-process run, bit for bit.
+    full, back = tmp_path / "two" / "lgcn", tmp_path / "two" / "lgcn-resumed"
+    for f in ("checkpoint.pt", "best_model.pt"):
+        a, b = (torch.load(d / f, weights_only=True) for d in (full, back))
+        a, b = (x["model"] if "model" in x else x for x in (a, b))
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+    assert open(full / "log.jsonl").read().count("\n") == 6
+    assert [json.loads(r)["loss"] for r in open(full / "log.jsonl")] == \
+        [json.loads(r)["loss"] for r in open(back / "log.jsonl")]
+
 
 # --------------------------------------------------------------------------------- worker side
 def _worker(argv: list[str]) -> int:
@@ -106,15 +117,32 @@ def _worker(argv: list[str]) -> int:
         layerwise.FixedEpochs.observe = lambda self, epoch, loss: True
         l2o.StopPolicy.observe = lambda self, epoch, loss: False
     real = layerwise.LayerwiseTrainer.run
-    for name in RUNS:
-        def run(self, name=name):
-            results = real(self)
-            torch.save(self.model.state_dict(), os.path.join(out, name, f"rank{rank}.pt"))
-            return results
 
-        layerwise.LayerwiseTrainer.run = run
+    def run(self):
+        results = real(self)
+        torch.save(self.model.state_dict(), os.path.join(self.out, f"rank{rank}.pt"))
+        return results
+
+    layerwise.LayerwiseTrainer.run = run
+    for name in RUNS:
         if main(["train", *_args(name, root, os.path.join(out, name), ctrl)]) != 0:
             return 1
+    # L-GCN killed on every rank when layer 2 starts (after layer 1's checkpoint), then resumed.
+    real_layer = layerwise.train_layer
+
+    def killed(model, layer, *args, **kw):
+        if layer == 1:
+            dist.barrier()  # rank 0 has written layer 1's checkpoint (before this call) when rank 1 resumes
+            raise KeyboardInterrupt("killed in layer 2")
+        return real_layer(model, layer, *args, **kw)
+
+    resumed = _args("lgcn", root, os.path.join(out, "lgcn-resumed"), ctrl)
+    layerwise.train_layer = killed
+    if main(["train", *resumed]) != 130:  # the CLI's exit status after a KeyboardInterrupt
+        return 1
+    layerwise.train_layer = real_layer
+    if main(["train", *resumed, "--resume"]) != 0:
+        return 1
     dist.destroy_process_group()
     return 0
 
