@@ -476,3 +476,46 @@ def test_seed_dropout_stores_no_mask_bytes():
     with count_saved_bytes(exclude=model) as seeded:
         model(x)
     assert packed.total - seeded.total == n * d // 8
+
+
+@pytest.mark.parametrize("aggr", ["mean", "sum"])
+def test_sage_conv_linear_before_aggregation(aggr):
+    # QSAGEConv computes agg(x W^T) + b instead of agg(x) W^T + b: the same function and gradients
+    # (float64, edge_index and sparse adjacency), with nothing stored for the neighbour Linear in the
+    # first layer (its input is the step input, kept by reference) and one shared copy after.
+    from torch_geometric.nn import SAGEConv
+    from graphscale.memory.layers import QSAGEConv
+    torch.manual_seed(0)
+    n, d_in, d_out = 211, 97, 13
+    ei = torch.randint(0, n, (2, 1500))
+    ei = ei[:, ei[1] != 5]  # node 5 has no in-neighbours: its aggregate is 0 in both orders
+    adj = torch.sparse_coo_tensor(torch.stack([ei[1], ei[0]]), torch.ones(ei.size(1), dtype=F64),
+                                  (n, n)).coalesce().to_sparse_csr()
+    ref = SAGEConv(d_in, d_out, aggr=aggr).double()
+    conv = compress_model(SAGEConv(d_in, d_out, aggr=aggr).double(), disable=True, strict=True)
+    conv.load_state_dict(ref.state_dict())
+    assert isinstance(conv, QSAGEConv)
+    x = torch.randn(n, d_in, dtype=F64)
+    w = torch.randn(n, d_out, dtype=F64)
+    for graph in (ei, adj):
+        for m in (ref, conv):
+            m.zero_grad()
+            (m(x, graph) * w).sum().backward()
+        assert torch.allclose(conv(x, graph), ref(x, graph), atol=1e-12)
+        for a, b in zip(conv.parameters(), ref.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-10)
+    # Bytes: PyG's SAGEConv keeps the [n, d_in] aggregate for lin_l; QSAGEConv keeps nothing of d_in
+    # width beyond the input itself.
+    params = [*ref.parameters(), *conv.parameters(), x, ei, adj.crow_indices(), adj.col_indices(), adj.values()]
+    with count_saved_bytes(exclude=params) as full:
+        ref(x, ei)
+    compress_model(conv, bits=2)
+    with count_saved_bytes(exclude=params) as comp:
+        conv(x, ei)
+    assert full.total >= n * d_in * 4 and comp.total < n * d_out * 4, (full.total, comp.total)
+    # Hidden layer: the input (an activation) is quantized once for lin_l and lin_r.
+    h = torch.randn(n, d_in, dtype=F64, requires_grad=True).relu()
+    for graph in (ei, adj):
+        with count_saved_bytes(exclude=params) as hid:
+            conv(h, graph)
+        assert _qbytes(n * d_in) <= hid.total < _qbytes(n * d_in) + n * d_out * 4, hid.total
