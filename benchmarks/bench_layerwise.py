@@ -237,7 +237,7 @@ def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, 
             extra["controller_from"] = data.name
             if controller_path:
                 save_controller(ctrl, controller_path)
-        # threshold=None: the controller's learned stop_threshold (mean P(stop) over its training).
+        # threshold=None: the median rule (stop where the sampled policy would have with prob. 1/2).
         stopper = StopPolicy(ctrl, L, min_epochs=s["l2o_min_epochs"], max_epochs=s["layer_epochs"],
                              decision_step=s["l2o_decision_step"], threshold=None)
         extra["stop_threshold"] = float(ctrl.stop_threshold)

@@ -153,8 +153,8 @@ class TrainConfig:
     l2o_sample_nodes: int = _doc(1024, "l2o: nodes per episode subgraph")
     l2o_min_epochs: int = _doc(10, "l2o: epochs before the first stop decision of a layer")
     l2o_decision_step: int = _doc(5, "l2o: epochs between stop decisions")
-    l2o_threshold: float = _doc(0.0, "l2o: stop when P(stop) >= this (deployment); 0 = the controller's learned "
-                                "threshold, the mean P(stop) over its training decisions (reference script)")
+    l2o_threshold: float = _doc(0.0, "l2o: stop when P(stop) >= this (deployment); 0 = median rule: stop where the "
+                                "sampled policy would have with probability 1/2 (1 - prod(1 - p) >= 0.5)")
     l2o_time_ratio: float = _doc(1e-2, "l2o: reward cost per epoch, in units of training loss")
     l2o_lr: float = _doc(0.05, "l2o: controller learning rate")
     l2o_hidden: int = _doc(16, "l2o: controller GRU width")

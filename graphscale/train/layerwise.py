@@ -353,7 +353,7 @@ def check_layerwise_config(cfg: Config) -> None:
              f"train.l2o_min_epochs must be in [1, train.layer_epochs={t.layer_epochs}], got {t.l2o_min_epochs}"),
             (t.l2o_decision_step >= 1, f"train.l2o_decision_step must be >= 1, got {t.l2o_decision_step}"),
             (0.0 <= t.l2o_threshold <= 1.0,
-             f"train.l2o_threshold must be in [0, 1] (0: the controller's learned threshold), got {t.l2o_threshold}"),
+             f"train.l2o_threshold must be in [0, 1] (0: the median stopping rule), got {t.l2o_threshold}"),
             (t.l2o_sample_nodes >= 2, f"train.l2o_sample_nodes must be >= 2, got {t.l2o_sample_nodes}"),
             (t.l2o_hidden >= 1, f"train.l2o_hidden must be >= 1, got {t.l2o_hidden}"),
         ]

@@ -1,4 +1,4 @@
-"""L2-GCN controller: learned deployment threshold, warm-up stops, and the direction of the
+"""L2-GCN controller: median-stopping-time deployment, learned mean-P(stop) threshold, warm-up stops, and the direction of the
 REINFORCE trade-off between final loss and epochs (graphscale.train.l2o)."""
 import math
 
@@ -29,14 +29,16 @@ def _run_layers(policy: StopPolicy, num_layers: int = 2, loss=lambda e: math.exp
     return used
 
 
-def test_threshold_none_uses_the_controllers_learned_threshold():
-    ctrl = _constant_controller(0.2)
-    ctrl.stop_threshold.fill_(0.19)  # just below p: stops at the first decision
-    assert _run_layers(StopPolicy(ctrl, 2, min_epochs=4, max_epochs=30, decision_step=3)) == [4, 4]
-    assert _run_layers(StopPolicy(ctrl, 2, 4, 30, 3, threshold=0)) == [4, 4]  # config value 0 = learned
-    ctrl.stop_threshold.fill_(0.21)  # just above p: never stops before max_epochs
-    assert _run_layers(StopPolicy(ctrl, 2, 4, 30, 3, threshold=None)) == [30, 30]
-    assert _run_layers(StopPolicy(ctrl, 2, 4, 30, 3, threshold=0.1)) == [4, 4]  # an explicit value wins
+def test_default_rule_stops_at_the_policys_median_stopping_time():
+    # p = 0.2 per decision: survival 0.8^k first <= 0.5 at k = 4 -> decisions at 4, 7, 10, 13.
+    assert _run_layers(StopPolicy(_constant_controller(0.2), 2, min_epochs=4, max_epochs=30, decision_step=3)) \
+        == [13, 13]
+    assert _run_layers(StopPolicy(_constant_controller(0.2), 2, 4, 30, 3, threshold=0)) == [13, 13]  # config 0
+    assert _run_layers(StopPolicy(_constant_controller(0.6), 2, 4, 30, 3)) == [4, 4]
+    assert _run_layers(StopPolicy(_constant_controller(0.05), 2, 4, 30, 3)) == [30, 30]  # 0.95^9 > 0.5
+    # An explicit threshold is the paper's per-decision rule: p = 0.2 never reaches 0.5, reaches 0.1.
+    assert _run_layers(StopPolicy(_constant_controller(0.2), 2, 4, 30, 3, threshold=0.5)) == [30, 30]
+    assert _run_layers(StopPolicy(_constant_controller(0.2), 2, 4, 30, 3, threshold=0.1)) == [4, 4]
 
 
 def test_train_controller_sets_threshold_to_mean_stop_probability():
@@ -82,7 +84,7 @@ def test_reward_trade_off_direction(seed):
     for ratio in (0.0, 0.05):
         ctrl = train_controller(episode, 2, rounds=60, hidden_size=8, lr=0.05, time_ratio=ratio, min_epochs=2,
                                 max_epochs=40, decision_step=2, seed=seed)
-        deployed[ratio] = sum(_run_layers(StopPolicy(ctrl, 2, 2, 40, 2, threshold=None), loss=lambda e: 1.0 / e))
+        deployed[ratio] = sum(_run_layers(StopPolicy(ctrl, 2, 2, 40, 2), loss=lambda e: 1.0 / e))
     assert deployed[0.05] < deployed[0.0]
 
 
