@@ -380,9 +380,10 @@ def summarise(rows: list[dict], tol: float) -> None:
             if r["time_to_target"] and full["time_to_target"]:
                 r["speedup_vs_full"] = full["time_to_target"] / r["time_to_target"]
             r["saved_bytes_ratio_vs_full"] = r["step_saved_bytes"] / full["step_saved_bytes"]
-    lgcn = next((r for r in rows if r["method"] == "lgcn"), None)
-    if lgcn:
-        for r in rows:
+    for r in rows:  # vs the L-GCN row of the same run (same load), also in merged tables
+        lgcn = next((q for q in rows if q["method"].startswith("lgcn") and q.get("source") == r.get("source")), None)
+        r.pop("time_to_target_ratio_vs_lgcn", None)
+        if lgcn:
             r["train_seconds_ratio_vs_lgcn"] = r["train_seconds"] / lgcn["train_seconds"]
             if r["time_to_target"] and lgcn["time_to_target"]:
                 r["time_to_target_ratio_vs_lgcn"] = r["time_to_target"] / lgcn["time_to_target"]
@@ -436,6 +437,32 @@ def _write(all_rows: list, meta: dict, args) -> None:
         json.dump({"meta": meta, "summary": summary, "rows": all_rows}, fh, indent=1)
 
 
+def _merge(args, meta) -> int:
+    rows, sources = [], []
+    for spec in args.merge:
+        path, _, suffix = spec.partition(":")
+        with open(path) as fh:
+            blob = json.load(fh)
+        sources.append({"file": os.path.basename(path), "suffix": suffix, "command": blob["meta"].get("command")})
+        for r in blob["rows"]:
+            r = dict(r, source=os.path.basename(path))
+            if suffix and r["method"] != "full":
+                r["method"] += suffix
+            rows.append(r)
+    meta = dict(meta, merged_from=sources)
+    all_rows = []
+    for key in dict.fromkeys((r["dataset"], r["seed"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["seed"]) == key]
+        group.sort(key=lambda r: r["method"] != "full")
+        summarise(group, args.tol)
+        all_rows += group
+    _write(all_rows, meta, args)
+    for r in aggregate_seeds(all_rows):
+        print(r["dataset"], r["method"], {k: round(v, 4) for k, v in r.items() if k.endswith("_mean")},
+              "reached", r["reached"], "of", len(r["seeds"]))
+    return 0
+
+
 def main(argv=None) -> int:
     from graphscale.memory.accounting import peak_rss_subprocess
 
@@ -453,6 +480,10 @@ def main(argv=None) -> int:
                    help="one run per seed (model init, batch order; L2-GCN trains its controller per seed)")
     p.add_argument("--full-max-seconds", type=float, default=None,
                    help="override the full-batch training-time budget of every data set")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE[:SUFFIX]",
+                   help="no runs: re-summarise the rows of earlier result JSONs (one table per data set and "
+                        "seed; methods other than full get SUFFIX appended, so e.g. an L2-GCN rerun under "
+                        "another rule is scored against the same full-batch target) and write them under --tag")
     p.add_argument("--layer-epochs", type=int, default=None,
                    help="override epochs per layer (L-GCN) / max epochs per layer (L2-GCN)")
     args = p.parse_args(argv)
@@ -467,6 +498,8 @@ def main(argv=None) -> int:
             "note": "measured on a 2-core machine shared with other jobs: timings are noisy, byte counts exact",
             "command": "python benchmarks/bench_layerwise.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     all_rows = []
+    if args.merge:
+        return _merge(args, meta)
     for ds in args.datasets:
         for seed in args.seeds:
             rows = []
