@@ -218,7 +218,7 @@ def test_deep_and_compressed_models_under_ddp(data_root, tmp_path):
     sign = json.load(open(os.path.join(out, "signsgd", "results.json")))["distributed"]
     psgd = json.load(open(os.path.join(out, "powersgd", "results.json")))["distributed"]
     steps = sign["comm_steps"]
-    assert steps == 2 * 2 and psgd["comm_steps"] == steps  # 2 epochs x 2 steps per rank
+    assert steps == 4 * 2 and psgd["comm_steps"] == steps  # 4 epochs x 2 steps per rank
     assert sign["comm_uncompressed_bytes"] == steps * sign["allreduce_bytes_per_step"]
     # 1 bit per 32-bit value plus one float scale per parameter tensor (the tiny model is one bucket)
     sizes = json.load(open(os.path.join(out, "signsgd-tensors.json")))
@@ -334,15 +334,18 @@ def _worker(argv: list[str]) -> int:
                 fh.write(str(exc))
         for hook in ("signsgd", "powersgd"):
             hook_args = TINY + [f"train.comm_hook={hook}", "train.powersgd_start_iter=2", f"data.root={data_root}"]
-            trainer = Trainer(load_config(None, hook_args + ["train.epochs=2", f"log.out={out}/{hook}"]))
+            trainer = Trainer(load_config(None, hook_args + ["train.epochs=4", f"log.out={out}/{hook}"]))
             trainer.run()
             if rank == 0:
                 with open(os.path.join(out, f"{hook}-tensors.json"), "w") as fh:
                     json.dump([p.numel() for p in trainer.model.parameters() if p.requires_grad], fh)
-            # The same run stopped after epoch 1 and resumed, with the hook state from the checkpoint, and
-            # (the contrast) resumed from a copy of that checkpoint without it.
+            # The same run stopped after epoch 2 and resumed, with the hook state from the checkpoint, and
+            # (the contrast) resumed from a copy of that checkpoint without it. Epoch 2 is the first with
+            # compressed steps (PowerSGD starts at step 3), so the checkpoint holds error feedback; DDP
+            # rebuilds its buckets after its 2nd step (measured: the bucket's 22 tensors change order), so
+            # the resumed run's epoch 3 uses the initial layout and epoch 4 the rebuilt one.
             part, stateless = f"{out}/{hook}-resumed", f"{out}/{hook}-stateless"
-            Trainer(load_config(None, hook_args + ["train.epochs=1", f"log.out={part}"])).run()
+            Trainer(load_config(None, hook_args + ["train.epochs=2", f"log.out={part}"])).run()
             if rank == 0:
                 import shutil
                 shutil.copytree(part, stateless)
@@ -351,7 +354,7 @@ def _worker(argv: list[str]) -> int:
                 torch.save(ckpt, os.path.join(stateless, "checkpoint.pt"))
             dist.barrier()
             for folder in (part, stateless):
-                Trainer(load_config(None, hook_args + ["train.epochs=2", f"log.out={folder}"]), resume=True).run()
+                Trainer(load_config(None, hook_args + ["train.epochs=4", f"log.out={folder}"]), resume=True).run()
         dist.destroy_process_group()
         return 0
     raise SystemExit(f"unknown worker mode {mode!r}")
