@@ -13,7 +13,7 @@
   ``mean_r scale_r * sign(p_r)`` as the averaged gradient. The scaled mean (not a bare majority vote)
   keeps the step size of plain averaging, and the residual ``e`` re-injects what the signs lost, which
   is what makes the compressed run converge. Scales and residuals belong to parameters, not to DDP's
-  buckets: DDP rebuilds its buckets after the first step (and a resumed run starts again from the
+  buckets: DDP rebuilds its buckets early in training (and a resumed run starts again from the
   initial layout), so per-bucket state would be applied to the wrong elements.
 
 Bytes on the wire are counted in the hooks (:class:`CommStats`): the payload one rank hands to its
@@ -178,7 +178,7 @@ class PowerSGDHook:
     it leaves uncompressed).
 
     State: PowerSGD keys its error-feedback vectors and warm-start ``Q`` factors by DDP bucket index.
-    DDP rebuilds its buckets after the first step, and a resumed run's new DDP starts from the
+    DDP rebuilds its buckets once, early in training, and a resumed run's new DDP starts from the
     initial layout again, so this wrapper remembers which parameters each bucket's state was laid out
     for; when a bucket's parameters change, the state is cut into per-parameter pieces and reassembled
     in the new layout before PowerSGD sees it. Everything PowerSGD computes is per tensor (``P = MQ``,
