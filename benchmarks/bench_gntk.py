@@ -286,9 +286,11 @@ def paper_grid(datasets, args) -> None:
         eval_layers = args.eval_layers or list(range(1, L_max + 1))
         jks = [bool(j) for j in args.jk_list]
         refined: set = set()  # configs re-scored on the full grid by this run (besides those in the CSV)
+        pass_s: dict = {}  # (R, scale) -> seconds of its layer pass in this run (nan: loaded from the cache)
         for R in args.mlp_list:
             for scale in args.scales:
                 parts, secs = _layer_pass(ds, name, L_max, R, scale, args.dtype, args.compile)
+                pass_s[(R, scale)] = secs
                 print(f"grid {name} R{R} {scale}: layer pass to L={L_max} "
                       f"{'cached' if secs != secs else f'{secs:.1f} s'}", flush=True)
                 configs = [GNTKConfig(L, R, scale, jk) for L in eval_layers for jk in jks]
@@ -334,7 +336,9 @@ def paper_grid(datasets, args) -> None:
                                              "acc_std": round(100 * v["best_std"], 2),
                                              "fold_acc": " ".join(f"{a:.4f}" for a in v["best_fold_acc"]),
                                              "fits_stopped_at_max_iter": v["fits_stopped_at_max_iter"],
-                                             "layer_pass_L": L_max, "layer_pass_s": round(secs, 1),
+                                             "layer_pass_L": L_max,
+                                             "layer_pass_s": round(pass_s.get((cfg.mlp_layers, cfg.scale),
+                                                                              float("nan")), 1),
                                              "cv_s": round(cv_s, 1), "dtype": args.dtype, "folds": ds.meta["folds"],
                                              "paper_mean": PAPER[name][0], "paper_std": PAPER[name][1], **env()})
                         write(f"grid_{name}", rows, to_json=False)
