@@ -344,14 +344,24 @@ class _RevStackFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         meta: _StackMeta = ctx.meta
-        if ctx.y._version != ctx.y_version:
-            raise RuntimeError("the output of a reversible stack was modified in place after the forward; "
-                               "backward reconstructs the inputs from it, so it must stay unchanged "
-                               "(clone it before modifying)")
+        if ctx.y is None:
+            # a repeated backward (retain_graph=True): the first one released the output; recompute it
+            # from the input it reconstructed (one extra no-grad forward, only on this path)
+            with torch.no_grad():
+                y = ctx.x_rec
+                for i, b in enumerate(meta.blocks):
+                    y = b.forward_math(y, meta.edge_index, ctx.args, meta.seed, i, meta.devices)
+        else:
+            if ctx.y._version != ctx.y_version:
+                raise RuntimeError("the output of a reversible stack was modified in place after the forward; "
+                                   "backward reconstructs the inputs from it, so it must stay unchanged "
+                                   "(clone it before modifying)")
+            # release ctx's alias: once the last block is inverted nothing needs the stack output, and
+            # holding it through the whole backward kept one more [N, D] tensor alive at the peak
+            y, ctx.y = ctx.y, None
         pindex = {id(p): k for k, p in enumerate(meta.params)}
-        pgrads: list[Tensor | None] = [None] * len(meta.params)
+        pgrads = _FlatGrads(meta.params)
         agrads: list[Tensor | None] = [None] * len(ctx.args)
-        y = ctx.y
         for i in range(len(meta.blocks) - 1, -1, -1):
             y, grad_y = _block_backward(meta.blocks[i], i, y, grad_y, meta, ctx.args, ctx.args_need_grad,
                                         pindex, pgrads, agrads)
@@ -361,11 +371,58 @@ class _RevStackFunction(torch.autograd.Function):
             # not a user modification: keep the version counter that other nodes' checks rely on
             with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(x):
                 x.copy_(y.view(ctx.x_shape))
-        return (None, grad_y, *agrads, *pgrads)
+            ctx.x_rec = x
+        else:
+            ctx.x_rec = y.view(ctx.x_shape)
+        return (None, grad_y, *agrads, *pgrads.grads)
+
+
+class _FlatGrads:
+    """The stack's parameter gradients as views of one buffer per (device, dtype).
+
+    A deep stack has thousands of small parameters (a 1000-block RevGNN: 10,000 tensors of 128 B-4 KiB).
+    Allocated one by one between backward's short-lived temporaries, those long-lived gradients pin
+    the CPU heap: measured here (depth 1000, 5,000 nodes, 64 channels) peak RSS ~4.5 MiB above PyG's
+    ``GroupAddRev`` with per-tensor gradients, below it with one buffer. ``AccumulateGrad`` adopts the
+    views as ``.grad`` (same layout as the parameter), so no copy is made when ``.grad`` is empty.
+    """
+
+    __slots__ = ("params", "grads", "_views")
+
+    def __init__(self, params: Sequence[nn.Parameter]):
+        self.params = params
+        self.grads: list[Tensor | None] = [None] * len(params)
+        self._views: list[Tensor] | None = None
+
+    def _view(self, k: int) -> Tensor:
+        if self._views is None:
+            self._views = [None] * len(self.params)  # type: ignore[list-item]
+            groups: dict[tuple, list[int]] = {}
+            for j, p in enumerate(self.params):
+                groups.setdefault((p.device, p.dtype), []).append(j)
+            for (device, dtype), idx in groups.items():
+                flat = torch.empty(sum(self.params[j].numel() for j in idx), device=device, dtype=dtype)
+                off = 0
+                for j in idx:
+                    n = self.params[j].numel()
+                    # contiguous parameters (all of PyG's) get a view of their own layout
+                    self._views[j] = flat[off:off + n].view(self.params[j].shape)
+                    off += n
+        return self._views[k]
+
+    def add(self, k: int, grad: Tensor) -> None:
+        """Accumulate ``grad`` (never modified: autograd may hand back a tensor it aliases)."""
+        p, have = self.params[k], self.grads[k]
+        if have is None:
+            self.grads[k] = self._view(k).copy_(grad) if p.is_contiguous() else grad
+        elif p.is_contiguous():
+            have.add_(grad)  # our own buffer
+        else:
+            self.grads[k] = have + grad
 
 
 def _block_backward(block: GroupRevBlock, i: int, y: Tensor, grad_y: Tensor, meta: _StackMeta, args: tuple,
-                    args_need_grad: list[bool], pindex: dict, pgrads: list, agrads: list):
+                    args_need_grad: list[bool], pindex: dict, pgrads: "_FlatGrads", agrads: list):
     """Invert block ``i`` and back-propagate through it, one group at a time.
 
     With ``G_g = dL/dX'_g`` (total, through later groups): going down ``g = C..2``, evaluating
@@ -407,8 +464,7 @@ def _block_backward(block: GroupRevBlock, i: int, y: Tensor, grad_y: Tensor, met
                     agrads[j] = gr if agrads[j] is None else agrads[j] + gr
         for p, gr in zip(params, grads[k:]):
             if gr is not None:
-                idx = pindex[id(p)]
-                pgrads[idx] = gr if pgrads[idx] is None else pgrads[idx] + gr
+                pgrads.add(pindex[id(p)], gr)
         gh = grads[0] if grads[0] is not None else torch.zeros_like(h)
         return out.detach(), gh
 

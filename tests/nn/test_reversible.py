@@ -162,6 +162,45 @@ def test_saved_bytes_flat_in_depth():
     assert saved_bytes(deep) > 10 * saved_bytes(shallow)
 
 
+def test_repeated_backward_with_retain_graph_matches_disabled_run():
+    """Backward releases the stack output; a second backward (retain_graph) recomputes it from the input."""
+    ei = graph()
+    x = torch.randn(40, 12, dtype=torch.float64)
+    rev, ref = make_stack(3, 12, 2, 0.3), make_stack(3, 12, 2, 0.3, disable=True)
+    ref.load_state_dict(rev.state_dict())
+    grads = []
+    for model in (rev, ref):
+        model.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        loss = model(xx * 1.0, ei).pow(2).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()  # accumulates: every gradient is twice the single-step one
+        grads.append([xx.grad] + [q.grad for q in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+def test_parameter_gradients_share_one_buffer():
+    """The stack hands out its parameter gradients as views of one buffer (no per-tensor heap blocks)."""
+    ei = graph()
+    rev = make_stack(5, 8).float()
+    rev(torch.randn(40, 8, requires_grad=True), ei).sum().backward()
+    grads = [q.grad for q in rev.parameters()]
+    assert all(g is not None and g.shape == q.shape for g, q in zip(grads, rev.parameters()))
+    assert len({g.untyped_storage().data_ptr() for g in grads}) == 1
+    ref = make_stack(5, 8, disable=True).float()
+    ref.load_state_dict(rev.state_dict())
+    torch.manual_seed(0)
+    x = torch.randn(40, 8)
+    for m in (rev, ref):
+        m.zero_grad()
+    rev(x.clone().requires_grad_(True), ei).sum().backward()
+    ref(x.clone().requires_grad_(True), ei).sum().backward()
+    for a, b in zip(rev.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_output_modified_in_place_is_detected():
     torch.manual_seed(0)
     stack = RevStack([GroupRevBlock(Block(4), num_groups=2)])
