@@ -131,7 +131,7 @@ def _acc(logits, y) -> float:
 # --------------------------------------------------------------------------- methods (child process)
 def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int = 0,
                controller_path: str = "", full_max_seconds: float | None = None,
-               layer_epochs: int | None = None) -> dict:
+               layer_epochs: int | None = None, l2o_rule: str = "median") -> dict:
     """One (data set, method) run; returns summary + curve (runs inside peak_rss_subprocess)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
@@ -144,6 +144,7 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
         s["full_max_seconds"] = full_max_seconds
     if layer_epochs is not None:
         s["layer_epochs"] = layer_epochs
+    s["l2o_rule"] = l2o_rule
     data = _load(dataset, root)
     x, y, split = data.x, data.y, data.split
     adj = gcn_adjacency(data.edge_index, data.num_nodes)
@@ -237,9 +238,13 @@ def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, 
             extra["controller_from"] = data.name
             if controller_path:
                 save_controller(ctrl, controller_path)
-        # threshold=None: the median rule (stop where the sampled policy would have with prob. 1/2).
+        # median: stop where the sampled policy would have with probability 1/2 (threshold=None);
+        # mean: the reference script's threshold, mean P(stop) over training; a number: P(stop) >= it.
+        rule = s.get("l2o_rule", "median")
+        threshold = None if rule == "median" else float(ctrl.stop_threshold) if rule == "mean" else float(rule)
         stopper = StopPolicy(ctrl, L, min_epochs=s["l2o_min_epochs"], max_epochs=s["layer_epochs"],
-                             decision_step=s["l2o_decision_step"], threshold=None)
+                             decision_step=s["l2o_decision_step"], threshold=threshold)
+        extra["l2o_rule"] = rule
         extra["stop_threshold"] = float(ctrl.stop_threshold)
     else:
         stopper = FixedEpochs(s["layer_epochs"])
@@ -418,7 +423,7 @@ def _write(all_rows: list, meta: dict, args) -> None:
     fields = ["dataset", "method", "seed", "num_nodes", "num_edges", "num_train", "epochs", "layer_epochs_used",
               "train_seconds", "controller_seconds", "controller_from", "partition_seconds", "target_valid",
               "time_to_target", "speedup_vs_full", "train_seconds_ratio_vs_lgcn",
-              "time_to_target_ratio_vs_lgcn", "stop_threshold", "test_at_target", "best_valid", "test_at_best_valid",
+              "time_to_target_ratio_vs_lgcn", "stop_threshold", "l2o_rule", "test_at_target", "best_valid", "test_at_best_valid",
               "final_valid", "final_test", "step_saved_bytes", "saved_bytes_ratio_vs_full", "peak_rss_bytes",
               "peak_rss_growth_bytes", "wall_seconds"]
     with open(os.path.join(HERE, "results", f"layerwise{suffix}.csv"), "w", newline="") as fh:
@@ -484,6 +489,9 @@ def main(argv=None) -> int:
                    help="no runs: re-summarise the rows of earlier result JSONs (one table per data set and "
                         "seed; methods other than full get SUFFIX appended, so e.g. an L2-GCN rerun under "
                         "another rule is scored against the same full-batch target) and write them under --tag")
+    p.add_argument("--l2o-rule", default="median",
+                   help="L2-GCN deployment: median (default), mean (reference script's mean-P(stop) threshold) "
+                        "or a number (stop when P(stop) >= it, the paper's rule)")
     p.add_argument("--layer-epochs", type=int, default=None,
                    help="override epochs per layer (L-GCN) / max epochs per layer (L2-GCN)")
     args = p.parse_args(argv)
@@ -513,7 +521,7 @@ def main(argv=None) -> int:
                                           {"dataset": ds, "method": m, "root": args.root, "threads": args.threads,
                                            "seed": seed, "controller_path": ctrl_path,
                                            "full_max_seconds": args.full_max_seconds,
-                                           "layer_epochs": args.layer_epochs},
+                                           "layer_epochs": args.layer_epochs, "l2o_rule": args.l2o_rule},
                                           timeout=args.timeout, env=env)
                 row = res["result"]
                 row["seed"] = seed
