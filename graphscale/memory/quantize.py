@@ -541,6 +541,21 @@ def dequantize(q: QuantizedTensor | Projected, backend: str | None = None) -> Te
     return flat.view(q.shape).to(q.dtype)
 
 
+_CODE_TABLES: dict = {}
+
+
+def _code_table(bits: int, device) -> Tensor:
+    """``[256, 8 // bits]`` float32: the codes packed in each byte value (the byte-wise inverse of
+    :func:`pack_codes`). A gather from it unpacks 2-bit codes in 17 ms instead of 41 ms for shifts
+    and masks (2708 x 1433 values, one thread)."""
+    key = (bits, str(device))
+    if key not in _CODE_TABLES:
+        vpb = 8 // bits
+        b = torch.arange(256, dtype=torch.int32)
+        _CODE_TABLES[key] = torch.stack([(b >> (k * bits)) & ((1 << bits) - 1) for k in range(vpb)], 1).float().to(device)
+    return _CODE_TABLES[key]
+
+
 def _dequantize_reference(packed: Tensor, mn: Tensor, scale: Tensor, bits: int, cols: int,
                           block: int | None = None) -> Tensor:
     """``codes * scale + mn`` as float32 ``[R, cols]``, unpacked in blocks of rows (see ``_BLOCK``)."""
@@ -552,11 +567,17 @@ def _dequantize_reference(packed: Tensor, mn: Tensor, scale: Tensor, bits: int, 
     sf, mf = scale.float(), mn.float()
     step = max(1, (block or _BLOCK) // cols)
     c = torch.empty(min(step, R), nb, vpb, dtype=torch.uint8, device=packed.device)
+    lut = _code_table(bits, packed.device) if bits < 8 and nb * vpb == cols else None
+    idx = torch.empty(min(step, R) * nb, dtype=torch.int64, device=packed.device) if lut is not None else None
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
         cc, o = c[: r1 - r0], out[r0:r1]
         if bits == 8:
             o.copy_(packed[r0:r1])
+        elif lut is not None:  # one gather of vpb codes per byte, written straight into the output
+            ii = idx[: (r1 - r0) * nb]
+            ii.copy_(packed[r0:r1].reshape(-1))
+            torch.index_select(lut, 0, ii, out=o.view(-1, vpb))
         else:
             for k in range(vpb):
                 torch.bitwise_right_shift(packed[r0:r1], k * bits, out=cc[:, :, k]).bitwise_and_((1 << bits) - 1)
