@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from graphscale.errors import ConfigError, TrainingError
+from graphscale.errors import ConfigError, DataError, TrainingError
 from graphscale.sampling.layerwise import (FeatureStore, aggregate, gcn_adjacency, layerwise_inference, map_rows,
                                            node_batches, propagate)
 from graphscale.sampling.samplers import epoch_seed
@@ -481,8 +481,16 @@ class LayerwiseTrainer:
         # Fail before training if the largest feature buffers (input width + hidden width) do not fit;
         # every rank of this host holds its own copy (each computes the same aggregation).
         per_host = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if world > 1 else 1
-        store.check_fits(n, max(data.x.size(1), cfg.model.hidden_channels) * 2 * per_host,
-                         "layer-wise feature buffers" + (f" ({per_host} ranks on this host)" if per_host > 1 else ""))
+        fit_error = None
+        try:
+            store.check_fits(n, max(data.x.size(1), cfg.model.hidden_channels) * 2 * per_host,
+                             "layer-wise feature buffers" + (f" ({per_host} ranks on this host)" if per_host > 1 else ""))
+        except DataError as exc:
+            if world == 1:
+                raise
+            fit_error = str(exc)
+        if world > 1:  # hosts differ: every rank stops with the message instead of waiting for the others
+            distributed.agree(fit_error, DataError)
         x, y = data.x, data.y
         train_idx = data.split["train"]
         metric, loss = Metric(data.metric, data.task, data.evaluator), loss_fn(data.task)
