@@ -57,6 +57,10 @@ def add_parser(subparsers) -> None:
                    help="keep glibc's dynamic mmap threshold in the children (by default it is fixed at "
                    "128 KiB so freed tensors return to the OS and peak RSS tracks live memory)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiler cross-check (faster)")
+    p.add_argument("--tensor-peak", action="store_true",
+                   help="CPU: also run one profiled step and report its peak of live tensor bytes above the "
+                        "step's start (tensor_peak_bytes; the CPU counterpart of CUDA max_memory_allocated, "
+                        "blind to allocator fragmentation)")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
     p.add_argument("--quick", action="store_true",
                    help="small smoke run: depths 1,10,30, 1000 nodes, 10000 edges, 1 timed step")
@@ -143,14 +147,14 @@ def build(model: str, depth: int, channels: int, groups: int):
 
 
 def measure(model: str, depth: int, nodes: int, edges: int, channels: int, groups: int, steps: int,
-            device: str, profile: bool, seed: int = 0, threads: int = 0) -> dict:
+            device: str, profile: bool, seed: int = 0, threads: int = 0, tensor_peak: bool = False) -> dict:
     """Build, warm up (counting saved bytes), time ``steps`` steps, read the peak, then profile."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from graphscale.memory.accounting import (count_saved_bytes, profiled_forward_bytes, read_peak_rss,
-                                              state_bytes)
+    from graphscale.memory.accounting import (count_saved_bytes, profiled_forward_bytes, profiled_peak_bytes,
+                                              read_peak_rss, state_bytes)
 
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -194,6 +198,12 @@ def measure(model: str, depth: int, nodes: int, edges: int, channels: int, group
         peak, peak_kind = torch.cuda.max_memory_allocated(dev), "cuda_max_allocated"
     else:
         peak, peak_kind = read_peak_rss(), "cpu_peak_rss"
+    tpeak = None
+    if tensor_peak and dev.type == "cpu":
+        # after the RSS reading (the profiler's own buffers must not count there): one more step,
+        # its peak of live tensor bytes above the start (params and inputs live, grads set to None)
+        opt.zero_grad(set_to_none=True)
+        tpeak, _, _ = profiled_peak_bytes(step)
     held = None
     if profile:
         opt.zero_grad(set_to_none=True)
@@ -208,6 +218,7 @@ def measure(model: str, depth: int, nodes: int, edges: int, channels: int, group
         "activation_saved_bytes": counter.saved,
         "activation_ctx_bytes": counter.ctx,
         "held_bytes_profiler": held,
+        "tensor_peak_bytes": tpeak,
         "peak_bytes": peak,
         "peak_kind": peak_kind,
         "step_s": min(times) if times else None,
@@ -245,6 +256,8 @@ def _ratios(rows: list[dict]) -> dict:
         if rev and pyg:
             out[f"reversible_vs_pyg_peak_depth{d}"] = rev["peak_bytes"] / pyg["peak_bytes"]
             out[f"reversible_vs_pyg_step_depth{d}"] = rev["step_s"] / pyg["step_s"]
+            if rev.get("tensor_peak_bytes") and pyg.get("tensor_peak_bytes"):
+                out[f"reversible_vs_pyg_tensor_peak_depth{d}"] = rev["tensor_peak_bytes"] / pyg["tensor_peak_bytes"]
         if rev and res:
             out[f"reversible_vs_residual_step_depth{d}"] = rev["step_s"] / res["step_s"]
     return out
@@ -318,7 +331,7 @@ def run(args) -> int:
         for model in models:
             kwargs = dict(model=model, depth=depth, nodes=args.nodes, edges=args.edges, channels=args.channels,
                           groups=args.groups, steps=args.steps, device=device, profile=not args.no_profile,
-                          threads=args.threads)
+                          threads=args.threads, tensor_peak=args.tensor_peak)
             row = {"model": model, "depth": depth, "nodes": args.nodes, "edges": args.edges,
                    "channels": args.channels, "groups": args.groups}
             t0 = time.perf_counter()
@@ -348,7 +361,9 @@ def _print_row(r: dict) -> None:
     held = r.get("held_bytes_profiler")
     held_s = f"{held / 2**20:9.2f}" if held is not None else "        -"
     print(f"{r['model']:>14} depth {r['depth']:>5}: params {r['params']:>9,}  act {r['activation_bytes'] / 2**20:9.2f} "
-          f"MiB  held {held_s} MiB  peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:7.3f} s "
+          f"MiB  held {held_s} MiB  peak {r['peak_bytes'] / 2**20:8.1f} MiB"
+          + (f"  tensor peak {r['tensor_peak_bytes'] / 2**20:7.2f} MiB" if r.get("tensor_peak_bytes") else "")
+          + f"  step {r['step_s']:7.3f} s "
           f"({r['ms_per_layer']:.2f} ms/layer)", flush=True)
 
 

@@ -284,3 +284,29 @@ def peak_rss_subprocess(target: str, kwargs: dict | None = None, timeout: float 
             return json.loads(line[len("__GRAPHSCALE_RSS__"):])
     raise RuntimeError(f"peak_rss_subprocess({target!r}) failed with exit code {proc.returncode}:\n"
                        f"{proc.stderr[-4000:]}")
+
+
+def profiled_peak_bytes(fn: Callable[[], Any]) -> tuple[int, int, Any]:
+    """Peak of live CPU tensor bytes during ``fn()``, above what was live when it started.
+
+    The CPU counterpart of ``torch.cuda.max_memory_allocated`` after a reset: runs ``fn`` under
+    ``torch.profiler.profile(profile_memory=True)`` and walks the allocator's alloc / free events in
+    time order (``[memory]`` events, signed ``nbytes``), keeping the running sum's maximum. Unlike
+    peak RSS it sees tensors only -- no allocator fragmentation, no Python objects -- so two
+    techniques on the same model compare exactly. Returns ``(peak, net_at_end, fn())``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(ProfilerActivity.CUDA)
+    with profile(activities=acts, profile_memory=True) as prof:
+        out = fn()
+    events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch._C._autograd.DeviceType.CPU),
+                    key=lambda t: t[0])
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, live, out

@@ -362,9 +362,11 @@ class _RevStackFunction(torch.autograd.Function):
         pindex = {id(p): k for k, p in enumerate(meta.params)}
         pgrads = _FlatGrads(meta.params)
         agrads: list[Tensor | None] = [None] * len(ctx.args)
+        own = False  # the stack's output and its incoming gradient are not ours to overwrite
         for i in range(len(meta.blocks) - 1, -1, -1):
             y, grad_y = _block_backward(meta.blocks[i], i, y, grad_y, meta, ctx.args, ctx.args_need_grad,
-                                        pindex, pgrads, agrads)
+                                        pindex, pgrads, agrads, own)
+            own = True
         if ctx.x is not None:  # give the freed input its storage back, filled with the reconstruction
             x = ctx.x
             x.untyped_storage().resize_(y.numel() * y.element_size())
@@ -382,9 +384,9 @@ class _FlatGrads:
 
     A deep stack has thousands of small parameters (a 1000-block RevGNN: 10,000 tensors of 128 B-4 KiB).
     Allocated one by one between backward's short-lived temporaries, those long-lived gradients pin
-    the CPU heap: measured here (depth 1000, 5,000 nodes, 64 channels) peak RSS ~4.5 MiB above PyG's
-    ``GroupAddRev`` with per-tensor gradients, below it with one buffer. ``AccumulateGrad`` adopts the
-    views as ``.grad`` (same layout as the parameter), so no copy is made when ``.grad`` is empty.
+    the CPU heap: measured here (depth 1000, 5,000 nodes, 64 channels, with the output released early)
+    peak RSS 560.6 MiB with per-tensor gradients, 559.1 MiB with one buffer. ``AccumulateGrad`` adopts
+    the views as ``.grad`` (same layout as the parameter), so no copy is made when ``.grad`` is empty.
     """
 
     __slots__ = ("params", "grads", "_views")
@@ -422,7 +424,8 @@ class _FlatGrads:
 
 
 def _block_backward(block: GroupRevBlock, i: int, y: Tensor, grad_y: Tensor, meta: _StackMeta, args: tuple,
-                    args_need_grad: list[bool], pindex: dict, pgrads: "_FlatGrads", agrads: list):
+                    args_need_grad: list[bool], pindex: dict, pgrads: "_FlatGrads", agrads: list,
+                    own: bool = False):
     """Invert block ``i`` and back-propagate through it, one group at a time.
 
     With ``G_g = dL/dX'_g`` (total, through later groups): going down ``g = C..2``, evaluating
@@ -468,11 +471,18 @@ def _block_backward(block: GroupRevBlock, i: int, y: Tensor, grad_y: Tensor, met
         gh = grads[0] if grads[0] is not None else torch.zeros_like(h)
         return out.detach(), gh
 
+    # ``own``: y and grad_y were made by this backward (every block but the last one run), so the
+    # input and its gradient are rebuilt in their buffers, group by group, instead of in new tensors:
+    # two fewer [N, D] tensors at the peak (measured in the tensor-peak benchmark, docs/deep-blocks.md)
     for g in range(C - 1, 0, -1):
         fy, gh = vjp(g, ys[g - 1], gys[g])
-        xs[g] = ys[g] - fy
-        gys[g - 1] = gys[g - 1] + gh
+        xs[g] = ys[g].sub_(fy) if own else ys[g] - fy
+        gys[g - 1] = gys[g - 1].add_(gh) if own else gys[g - 1] + gh
     fy, v = vjp(0, sum(xs[1:]), gys[0])
-    xs[0] = ys[0] - fy
+    xs[0] = ys[0].sub_(fy) if own else ys[0] - fy
+    if own:
+        for g in range(1, C):
+            gys[g].add_(v)
+        return y, grad_y
     gxs = [gys[0]] + [gys[g] + v for g in range(1, C)]
     return torch.cat(xs, dim=block.split_dim), torch.cat(gxs, dim=block.split_dim)

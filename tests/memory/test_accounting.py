@@ -99,3 +99,18 @@ def test_peak_rss_subprocess_reports_child_failure():
         peak_rss_subprocess("math.factorial")
     with pytest.raises(RuntimeError, match="exit code"):
         peak_rss_subprocess("math:no_such_function")
+
+
+def test_profiled_peak_bytes_follows_allocations_in_time_order():
+    from graphscale.memory.accounting import profiled_peak_bytes
+
+    def fn():
+        big = torch.empty(1_000_000)        # 4 MB, freed before the end
+        big.fill_(1.0)
+        del big
+        return torch.empty(250_000)          # 1 MB, still alive at the end
+
+    peak, net, out = profiled_peak_bytes(fn)
+    assert out.numel() == 250_000
+    assert 4_000_000 <= peak < 4_100_000     # the 4 MB tensor, not the sum of both
+    assert 1_000_000 <= net < 1_100_000
