@@ -248,6 +248,10 @@ def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, 
         extra["stop_threshold"] = float(ctrl.stop_threshold)
     else:
         stopper = FixedEpochs(s["layer_epochs"])
+    # Re-seed: training a controller in this process consumed random numbers, and L-GCN and L2-GCN
+    # should start from the same initial layers. (Runs before commit 'bench: re-seed' initialised
+    # L2-GCN from the RNG state after in-process controller training.)
+    torch.manual_seed(seed)
     model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, L, s["lw_dropout"])
     settings = LayerSettings(s["batch_size"], s["lr"], s["weight_decay"], seed=seed)
     store = FeatureStore("memory")
