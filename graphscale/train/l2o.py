@@ -24,8 +24,8 @@ Thresholding that same ``p`` at 0.5 when deployed waits far longer than the poli
 training (benchmarks/bench_layerwise.py, three Cora-trained controllers: [60, 30], [100, 100] and
 [100, 100] epochs on Cora). The reference script deploys with ``threshold = mean P(stop)`` over all
 training decisions (kept here as ``controller.stop_threshold``), but that stops at the very first
-decision whenever the first ``p`` is above the mean (2 of the 3 controllers: [10, 10] epochs, 40.8
-and 52.4 % test on Cora). The default rule here (``threshold=None``; config
+decision whenever the first ``p`` is above the mean (2 of the 3 controllers: [10, 10] epochs, 41-69
+% test on Cora). The default rule here (``threshold=None``; config
 ``train.l2o_threshold: 0``) deploys the trained policy's *median stopping time*: a layer stops at
 the first decision where ``1 - prod(1 - p_i)`` over its decisions so far reaches 0.5, i.e. where the
 sampled policy would have stopped with probability 1/2 on the same loss trajectory (the same
