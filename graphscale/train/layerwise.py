@@ -382,7 +382,7 @@ class LayerwiseTrainer:
     """
 
     def __init__(self, cfg: Config, resume: bool = False):
-        from graphscale.train.trainer import check_config, resolve_device
+        from graphscale.train.trainer import check_config, check_output_folder, resolve_device
 
         check_config(cfg)
         check_layerwise_config(cfg)
@@ -393,18 +393,7 @@ class LayerwiseTrainer:
         self.is_main = self.rank == 0
         try:
             self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
-            ckpt = os.path.join(self.out, CHECKPOINT)
-            error = None
-            if resume and not os.path.isfile(ckpt):
-                error = f"--resume: no checkpoint at {ckpt!r}"
-            if not resume and os.path.isfile(ckpt):
-                error = (f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
-                         f"or choose another output folder (--out / log.out=...)")
-            if self.dist:  # every rank checks, then all stop together (before rank 0 writes anything)
-                distributed.check_same_config(to_dict(cfg))
-                distributed.agree(error)
-            elif error:
-                raise ConfigError(error)
+            check_output_folder(cfg, resume, self.dist)
             t = cfg.train
             if t.controller == "l2o" and t.controller_path and os.path.isfile(t.controller_path):
                 # Fail on a wrong file now, not after the data is loaded.

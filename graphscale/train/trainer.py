@@ -71,6 +71,23 @@ def check_config(cfg: Config) -> None:
     resolve_device(t.device)
 
 
+def check_output_folder(cfg: Config, resume: bool, dist) -> None:
+    """Refuse to overwrite or to resume what is not there; under DDP every rank also checks that all
+    ranks were given the same config, and all stop together before rank 0 writes anything."""
+    ckpt = os.path.join(cfg.log.out, CHECKPOINT)
+    error = None
+    if resume and not os.path.isfile(ckpt):
+        error = f"--resume: no checkpoint at {ckpt!r}"
+    if not resume and os.path.isfile(ckpt):
+        error = (f"{cfg.log.out!r} already holds a checkpoint: pass --resume to continue it, "
+                 f"or choose another output folder (--out / log.out=...)")
+    if dist:
+        distributed.check_same_config(to_dict(cfg))
+        distributed.agree(error)
+    elif error:
+        raise ConfigError(error)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,18 +148,7 @@ class Trainer:
         self.is_main = self.rank == 0
         try:
             self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
-            ckpt = os.path.join(self.out, CHECKPOINT)
-            error = None
-            if resume and not os.path.isfile(ckpt):
-                error = f"--resume: no checkpoint at {ckpt!r}"
-            if not resume and os.path.isfile(ckpt):
-                error = (f"{self.out!r} already holds a checkpoint: pass --resume to continue it, "
-                         f"or choose another output folder (--out / log.out=...)")
-            if self.dist:  # every rank checks, then all stop together (before rank 0 writes anything)
-                distributed.check_same_config(to_dict(cfg))
-                distributed.agree(error)
-            elif error:
-                raise ConfigError(error)
+            check_output_folder(cfg, resume, self.dist)
         except BaseException:
             if self.dist:
                 self.dist.destroy()
