@@ -1,6 +1,6 @@
 """``graphscale bench compression``: what 2-bit activation compression (ActNN / EXACT) saves and costs.
 
-For GCN, GraphSAGE and GEN stacks on real data sets (Cora, CiteSeer), in one run and on the same graph:
+For GCN, GraphSAGE and GEN stacks and the RevGNN recipe on real data sets (Cora, CiteSeer), in one run and on the same graph:
 
 * activation bytes autograd keeps for backward (exact count, :func:`count_saved_bytes`; parameters,
   the graph structure and the input features -- held by the data set -- excluded) for float32, 8/4/2/1-bit
@@ -50,7 +50,7 @@ _CONFIGS = {
 def _spec(config: str):
     mode, bits, group, kept, *rest = _CONFIGS[config]
     return mode, bits, group, kept, (rest[0] if rest else "packed")
-_MODELS = ("gcn", "sage", "gen")
+_MODELS = ("gcn", "sage", "gen", "revgnn")
 
 
 def add_parser(subparsers) -> None:
@@ -86,6 +86,14 @@ def _build(kind: str, in_dim: int, hidden: int, out: int, layers: int, dropout: 
     from torch import nn
     from torch_geometric.nn import GCNConv, GENConv, SAGEConv
 
+    if kind == "revgnn":
+        # The RevGNN recipe (Li et al., ICML 2021; graphscale.nn.RevGNN): encoder, ``layers`` grouped
+        # reversible LayerNorm -> ReLU -> Dropout -> GENConv(max, as in the ogbn-proteins recipe) blocks in
+        # 2 groups, decoder. Its
+        # blocks save nothing (recomputed in backward); compression acts on what the model still saves.
+        from graphscale.nn.deep_models import RevGNN
+        return RevGNN(in_dim, hidden, out, layers, num_groups=2, dropout=dropout, aggr="max")
+
     class Net(nn.Module):
         """``layers`` convolutions; between them LayerNorm -> ReLU -> Dropout (as modules, so
         compress_model can swap them; the input features go straight into the first convolution)."""
@@ -119,9 +127,9 @@ def _build(kind: str, in_dim: int, hidden: int, out: int, layers: int, dropout: 
 
 
 def _graph(kind: str, edge_index, n: int):
-    """GCN: ``D^-1/2 (A + I) D^-1/2`` as a sparse CSR ``adj_t``; SAGE: ``A`` as CSR; GEN: ``edge_index``."""
+    """GCN: ``D^-1/2 (A + I) D^-1/2`` as a sparse CSR ``adj_t``; SAGE: ``A`` as CSR; GEN, RevGNN: ``edge_index``."""
     import torch
-    if kind == "gen":
+    if kind in ("gen", "revgnn"):
         return edge_index
     if kind == "gcn":
         loops = torch.arange(n)

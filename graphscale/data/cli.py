@@ -17,6 +17,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--num-communities", type=int, default=50)
     s.add_argument("--num-features", type=int, default=128, help="arxiv only")
     s.add_argument("--num-classes", type=int, default=40, help="arxiv only")
+    s.add_argument("--p-intra", type=float, default=0.8, help="share of edges inside a node's community")
+    s.add_argument("--feature-noise", type=float, default=2.0,
+                   help="arxiv only: std of the noise on the class-centroid features (4.4: ogbn-arxiv-like "
+                        "feature-only accuracy)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_synth)
@@ -35,7 +39,8 @@ def _synth(args) -> int:
 
     spec = SyntheticSpec(kind=args.kind, num_nodes=args.num_nodes, avg_degree=args.avg_degree,
                          num_communities=args.num_communities, num_features=args.num_features,
-                         num_classes=args.num_classes, seed=args.seed)
+                         num_classes=args.num_classes, seed=args.seed,
+                         p_intra=args.p_intra, feature_noise=args.feature_noise)
     t0 = time.perf_counter()
     path = write_synthetic(spec, args.root, overwrite=args.overwrite)
     print(f"wrote {path} ({time.perf_counter() - t0:.1f} s); train with: "

@@ -93,6 +93,10 @@ class RevGNN(nn.Module):
         else:
             self.blocks = RevStack([block() for _ in range(num_layers)], disable=disable)
         self.out_norm = nn.LayerNorm(hidden_channels)
+        # Modules rather than F.relu / F.dropout, so that compress_model can swap them (1-bit ReLU
+        # mask, packed or seeded dropout mask); no parameters, so checkpoints are unaffected.
+        self.out_act = nn.ReLU()
+        self.out_drop = nn.Dropout(dropout)
         self.lin = nn.Linear(hidden_channels, out_channels)
 
     def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
@@ -101,8 +105,7 @@ class RevGNN(nn.Module):
             h = self.blocks(h, edge_index, self.edge_encoder(edge_attr))
         else:
             h = self.blocks(h, edge_index)
-        h = F.dropout(F.relu(self.out_norm(h)), p=self.dropout, training=self.training)
-        return self.lin(h)
+        return self.lin(self.out_drop(self.out_act(self.out_norm(h))))
 
 
 class _DEQCell(nn.Module):
@@ -145,6 +148,8 @@ class DEQGNN(nn.Module):
         cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None)
         self.deq = DEQBlock(cell, solver=solver, max_iter=max_iter, tol=tol, disable=disable)
         self.out_norm = nn.LayerNorm(hidden_channels)
+        self.out_act = nn.ReLU()  # modules, so that compress_model can swap them (see RevGNN)
+        self.out_drop = nn.Dropout(dropout)
         self.lin = nn.Linear(hidden_channels, out_channels)
 
     @property
@@ -158,5 +163,4 @@ class DEQGNN(nn.Module):
             z = self.deq(h, edge_index, self.edge_encoder(edge_attr))
         else:
             z = self.deq(h, edge_index)
-        z = F.dropout(F.relu(self.out_norm(z)), p=self.dropout, training=self.training)
-        return self.lin(z)
+        return self.lin(self.out_drop(self.out_act(self.out_norm(z))))

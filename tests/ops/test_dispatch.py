@@ -36,6 +36,22 @@ def test_as_csr_inputs_and_cache(graph):
         as_csr([[0, 1], [1, 0]])
 
 
+def test_as_csr_caches_sparse_adjacency_until_modified(graph):
+    ei = graph(11, 37)
+    w = torch.rand(ei.size(1))
+    adj_t = torch.sparse_coo_tensor(torch.stack([ei[1], ei[0]]), w, (11, 11)).coalesce().to_sparse_csr()
+    a = as_csr(adj_t)
+    assert as_csr(adj_t) is a                       # the layers of one forward share one conversion
+    a_t = a.t()
+    adj_t.values().mul_(2.0)                        # in-place change of the weights: rebuilt
+    b = as_csr(adj_t)
+    assert b is not a and torch.equal(b.value, adj_t.values()) and b.t() is not a_t
+    dense = torch.zeros(11, 11).index_put_((ei[1], ei[0]), 2.0 * w, accumulate=True)
+    x = torch.randn(11, 3)
+    assert torch.allclose(spmm(b, x), dense @ x, atol=1e-6)
+    leaf = adj_t.detach().requires_grad_(True)      # weights with autograd history: never cached
+    assert as_csr(leaf) is not as_csr(leaf)
+
 def test_backend_resolution(monkeypatch):
     monkeypatch.delenv("GRAPHSCALE_BACKEND", raising=False)
     assert resolve_backend(None, CPU) == "torch"
