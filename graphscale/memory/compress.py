@@ -107,6 +107,45 @@ def _hooked(m: nn.Module, cfg: CompressionConfig | None) -> nn.Module:
     return _hooked_class(type(m)).convert(m, cfg)
 
 
+# Aggregations whose backward compares the saved input with the saved output (arg-max / arg-min:
+# torch's scatter_reduce amax / amin routes the gradient to the entries equal to the result, divided
+# by their count). Quantized copies of both are almost never equal, so under saved-tensor hooks the
+# count is 0 and the gradient NaN (measured: the RevGNN recipe, GENConv aggr='max', 2-bit hooks:
+# every gradient below the aggregation NaN). Their forward runs under identity hooks instead.
+_EXACT_UNDER_HOOKS = {"MaxAggregation", "MinAggregation"}
+
+
+def _exact_under_hooks(m: nn.Module) -> bool:
+    return any(c.__name__ in _EXACT_UNDER_HOOKS for c in type(m).__mro__)
+
+
+def _keep_exact_under_hooks(model: nn.Module) -> list[str]:
+    """Run every max / min aggregation of ``model`` under identity saved-tensor hooks (innermost hooks
+    win), so what it saves stays exact while the hooks of an enclosing scope compress the rest.
+    Idempotent; returns the qualified names of the modules concerned."""
+    names = []
+    for name, m in model.named_modules():
+        if not _exact_under_hooks(m):
+            continue
+        names.append(name)
+        if getattr(m, "_graphscale_exact_hooks", None) is not None:
+            continue
+        stack = []
+
+        def pre(module, args, stack=stack):
+            ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+            ctx.__enter__()
+            stack.append(ctx)
+
+        def post(module, args, output, stack=stack):
+            if stack:
+                stack.pop().__exit__(None, None, None)
+
+        m._graphscale_exact_hooks = (m.register_forward_pre_hook(pre),
+                                     m.register_forward_hook(post, always_call=True))
+    return names
+
+
 # Modules that hold no float activations of their own (containers, identity, index-only aggregations).
 _PASSTHROUGH = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
 _PASSTHROUGH_NAMES = {"SumAggregation", "MeanAggregation", "MultiAggregation"}
@@ -191,7 +230,9 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             lists, e.g. PyG message-passing layers and their aggregations) with saved-tensor hooks
             scoped to their forward: every float tensor they save is quantized (no projection, no
             1-bit masks; see :mod:`graphscale.memory.hooks` for the caveat). Functional calls in a
-            module's own forward that is not listed still stay uncompressed.
+            module's own forward that is not listed still stay uncompressed. Max / min aggregations
+            keep what they save exact (their backward compares saved input and output; quantized
+            copies would make the gradient NaN).
         compress_inputs: also compress layer inputs without autograd history (the step's input
             features; default: kept by reference, see :class:`CompressionConfig`).
         dropout_mask: ``'packed'`` (1 bit per element, torch's Bernoulli draw) or ``'seed'`` (0 bytes:
@@ -214,7 +255,7 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             return m
         entry = _REPLACEMENTS.get(type(m))
         if entry is None:
-            if hooks_fallback and not _is_passthrough(m) and _does_own_work(m):
+            if hooks_fallback and not _is_passthrough(m) and _does_own_work(m) and not _exact_under_hooks(m):
                 return _hooked(m, use)
             return m
         fn, is_norm = entry
@@ -229,6 +270,8 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             if new is not child:
                 setattr(parent, name, new)
 
+    if hooks_fallback:
+        _keep_exact_under_hooks(root)
     _track_inputs(root)
     left = find_uncompressed(root)
     if not norms:
@@ -287,7 +330,8 @@ def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 2
     """Make ``model``'s forward run inside :func:`~graphscale.memory.hooks.compressed_activations`
     while training (forward pre/post hooks; the module, its parameters and ``state_dict`` are untouched).
 
-    Every float activation any op saves is quantized (ActNN/GACT style). Calling it again replaces
+    Every float activation any op saves is quantized (ActNN/GACT style), except inside max / min
+    aggregations, which keep theirs exact (see ``hooks_fallback`` of :func:`compress_model`). Calling it again replaces
     the previous settings; ``disable=True`` removes the hooks. Returns the model.
     """
     CompressionConfig(bits, group_size, 1.0, backend)  # validate now, not at the first forward
@@ -319,5 +363,6 @@ def hook_compression(model: nn.Module, bits: int = 2, group_size: int | None = 2
     state.handles = [model.register_forward_pre_hook(pre),
                      model.register_forward_hook(post, always_call=True)]
     model._graphscale_hook_compression = state
+    _keep_exact_under_hooks(model)
     _track_inputs(model)
     return model

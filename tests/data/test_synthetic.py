@@ -67,6 +67,30 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert _digest(a) == _digest(b) != _digest(c)
 
 
+def test_arxiv_difficulty_knobs_change_data_and_folder(tmp_path):
+    base = dict(kind="arxiv", num_nodes=2000, avg_degree=8, num_communities=10, num_features=16, num_classes=5)
+    easy = SyntheticSpec(**base)
+    hard = SyntheticSpec(**base, feature_noise=6.0, p_intra=0.3)
+    assert easy.dir_name.endswith("_k5")  # the defaults keep earlier folder names
+    assert hard.dir_name == easy.dir_name + "_x6_p0.3"  # and other shapes never share a folder
+    de = load_dataset("synthetic-arxiv", str(tmp_path), synthetic=easy)
+    dh = load_dataset("synthetic-arxiv", str(tmp_path), synthetic=hard)
+
+    def spread(d):  # within-class std of the features around their class means
+        mu = torch.zeros(5, 16).index_add_(0, d.y, d.x) / torch.bincount(d.y, minlength=5)[:, None]
+        return float((d.x - mu[d.y]).std())
+
+    assert spread(dh) > 2.0 * spread(de)  # noise 6 vs 2 (label noise and centroids add to both)
+
+    def same_class_edges(d):
+        return float((d.y[d.edge_index[0]] == d.y[d.edge_index[1]]).float().mean())
+
+    assert same_class_edges(dh) < same_class_edges(de) - 0.3  # 30 % vs 80 % inside a community
+    for bad in (dict(feature_noise=-1.0), dict(feature_noise=float("nan")), dict(p_intra=1.5)):
+        with pytest.raises(DataError, match=next(iter(bad))):
+            write_synthetic(SyntheticSpec(**{**base, **bad}), str(tmp_path))
+
+
 def test_bad_specs_and_names(tmp_path):
     with pytest.raises(DataError, match="num_nodes"):
         write_synthetic(SyntheticSpec(num_nodes=3), str(tmp_path))
