@@ -271,8 +271,9 @@ def paper_grid(datasets, args) -> None:
     For each data set and each (R, scale): one :func:`layer_grams` pass at the largest L gives the Gram
     matrix of every L <= L_max with and without jumping knowledge. Every (L, jk) is scored on a coarse
     C grid (every ``c_stride``-th value of the 120-point grid); after each pass the ``refine`` best
-    configurations so far get the full grid. Since every C tried is one of the reference's 120, the best
-    row is the maximum over a subset of the paper's grid: never above what the full search would give.
+    configurations so far get the full grid. With ``--c-grid 120`` every C tried is one of the
+    reference's 120, so the best row is the maximum over a subset of the paper's grid: never above what
+    the full search would give (the default 25-point grid is not a subset of it).
     Rows (one per config and Gram variant) go to ``gntk_grid_<DATASET>.csv`` as they finish; a rerun skips them.
     """
     full = default_c_grid(args.c_grid)
