@@ -98,7 +98,6 @@ def _block_cls():
 
 def build(model: str, depth: int, channels: int, groups: int):
     """The benchmarked network: ``Linear`` encoder -> ``depth`` blocks of ``model``."""
-    import torch
     from torch import nn
     from torch.utils.checkpoint import checkpoint
 
