@@ -87,10 +87,9 @@ def _build(kind: str, in_dim: int, hidden: int, out: int, layers: int, dropout: 
     from torch_geometric.nn import GCNConv, GENConv, SAGEConv
 
     if kind == "revgnn":
-        # The RevGNN recipe (Li et al., ICML 2021; graphscale.nn.RevGNN): encoder, ``layers`` grouped
-        # reversible LayerNorm -> ReLU -> Dropout -> GENConv(max, as in the ogbn-proteins recipe) blocks in
-        # 2 groups, decoder. Its
-        # blocks save nothing (recomputed in backward); compression acts on what the model still saves.
+        # The RevGNN recipe (Li et al., ICML 2021; graphscale.nn.RevGNN): encoder, ``layers`` reversible
+        # LayerNorm -> ReLU -> Dropout -> GENConv(max, as for ogbn-proteins) blocks in 2 groups, decoder.
+        # The blocks save nothing (recomputed in backward); compression acts on what the model still saves.
         from graphscale.nn.deep_models import RevGNN
         return RevGNN(in_dim, hidden, out, layers, num_groups=2, dropout=dropout, aggr="max")
 

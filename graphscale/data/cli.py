@@ -19,8 +19,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--num-classes", type=int, default=40, help="arxiv only")
     s.add_argument("--p-intra", type=float, default=0.8, help="share of edges inside a node's community")
     s.add_argument("--feature-noise", type=float, default=2.0,
-                   help="arxiv only: std of the noise on the class-centroid features (4.4: ogbn-arxiv-like "
-                        "feature-only accuracy)")
+                   help="arxiv only: std of the noise on the class-centroid features (see graphscale.data.synthetic)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=_synth)

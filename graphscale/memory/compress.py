@@ -119,16 +119,12 @@ def _exact_under_hooks(m: nn.Module) -> bool:
     return any(c.__name__ in _EXACT_UNDER_HOOKS for c in type(m).__mro__)
 
 
-def _keep_exact_under_hooks(model: nn.Module) -> list[str]:
+def _keep_exact_under_hooks(model: nn.Module) -> None:
     """Run every max / min aggregation of ``model`` under identity saved-tensor hooks (innermost hooks
     win), so what it saves stays exact while the hooks of an enclosing scope compress the rest.
-    Idempotent; returns the qualified names of the modules concerned."""
-    names = []
-    for name, m in model.named_modules():
-        if not _exact_under_hooks(m):
-            continue
-        names.append(name)
-        if getattr(m, "_graphscale_exact_hooks", None) is not None:
+    Idempotent."""
+    for m in model.modules():
+        if not _exact_under_hooks(m) or getattr(m, "_graphscale_exact_hooks", None) is not None:
             continue
         stack = []
 
@@ -143,7 +139,6 @@ def _keep_exact_under_hooks(model: nn.Module) -> list[str]:
 
         m._graphscale_exact_hooks = (m.register_forward_pre_hook(pre),
                                      m.register_forward_hook(post, always_call=True))
-    return names
 
 
 # Modules that hold no float activations of their own (containers, identity, index-only aggregations).

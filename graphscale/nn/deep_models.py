@@ -80,7 +80,6 @@ class RevGNN(nn.Module):
         if num_groups < 2 or hidden_channels % num_groups != 0:
             raise ConfigError(f"hidden_channels={hidden_channels} must split into num_groups={num_groups} "
                               f"(>= 2) equal groups")
-        self.dropout = dropout
         self.node_encoder = nn.Linear(in_channels, hidden_channels)
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
         width = hidden_channels // num_groups
@@ -98,6 +97,11 @@ class RevGNN(nn.Module):
         self.out_act = nn.ReLU()
         self.out_drop = nn.Dropout(dropout)
         self.lin = nn.Linear(hidden_channels, out_channels)
+
+    @property
+    def dropout(self) -> float:
+        """Dropout probability (of the decoder's ``out_drop``, the same as the blocks')."""
+        return self.out_drop.p
 
     def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
         h = self.node_encoder(x)
@@ -142,7 +146,6 @@ class DEQGNN(nn.Module):
                  mlp_layers: int = 1, solver: str = "anderson", max_iter: int = 30, tol: float = 1e-3,
                  disable: bool = False):
         super().__init__()
-        self.dropout = dropout
         self.node_encoder = nn.Linear(in_channels, hidden_channels)
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
         cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None)
@@ -151,6 +154,11 @@ class DEQGNN(nn.Module):
         self.out_act = nn.ReLU()  # modules, so that compress_model can swap them (see RevGNN)
         self.out_drop = nn.Dropout(dropout)
         self.lin = nn.Linear(hidden_channels, out_channels)
+
+    @property
+    def dropout(self) -> float:
+        """Dropout probability (of the decoder's ``out_drop``, the same as the cell's)."""
+        return self.out_drop.p
 
     @property
     def stats(self) -> dict:

@@ -48,7 +48,7 @@ class DataConfig:
     num_classes: int = _doc(40, "synthetic-arxiv: number of classes")
     p_intra: float = _doc(0.8, "synthetic: share of edges inside a node's community")
     feature_noise: float = _doc(2.0, "synthetic-arxiv: std of the noise on the class-centroid features "
-                                "(4.4: feature-only accuracy near ogbn-arxiv's MLP)")
+                                "(default 2.0; see graphscale.data.synthetic)")
     seed: int = _doc(0, "synthetic: generator seed")
     # ogbn-proteins (and its synthetic twin): node features are aggregated edge features.
     node_feat_aggr: str = _choice("sum", "sum", "mean", doc="proteins: how edge features become node features")

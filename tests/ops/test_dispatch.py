@@ -52,6 +52,7 @@ def test_as_csr_caches_sparse_adjacency_until_modified(graph):
     leaf = adj_t.detach().requires_grad_(True)      # weights with autograd history: never cached
     assert as_csr(leaf) is not as_csr(leaf)
 
+
 def test_backend_resolution(monkeypatch):
     monkeypatch.delenv("GRAPHSCALE_BACKEND", raising=False)
     assert resolve_backend(None, CPU) == "torch"
