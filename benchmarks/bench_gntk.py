@@ -278,8 +278,14 @@ def paper_grid(datasets, args) -> None:
     """
     full = default_c_grid(args.c_grid)
     coarse = full[:: args.c_stride]
-    grid_name = {id(full): f"logspace(-2,4,{args.c_grid})",
-                 id(coarse): f"logspace(-2,4,{args.c_grid})[::{args.c_stride}]"}
+    coarse_name = f"logspace(-2,4,{args.c_grid})[::{args.c_stride}]"
+    if args.c_range:  # e.g. the raw Gram, whose large-C fits run to max_iter: score a band of C only
+        lo, hi = args.c_range
+        coarse = coarse[(coarse >= lo) & (coarse <= hi)]
+        if not coarse.size:
+            raise SystemExit(f"--c-range {lo} {hi} holds none of the coarse C values {full[:: args.c_stride]}")
+        coarse_name += f" in [{lo:g},{hi:g}]"
+    grid_name = {id(full): f"logspace(-2,4,{args.c_grid})", id(coarse): coarse_name}
     for name in datasets:
         path = os.path.join(RESULTS, f"gntk_grid_{name}.csv")
         ds = load_graph_dataset(name, GIN)
@@ -391,6 +397,8 @@ def main():
     p.add_argument("--jk-list", type=int, nargs="+", default=[1, 0], choices=[0, 1])
     p.add_argument("--c-stride", type=int, default=10,
                    help="--grid paper: first score every c-stride-th C of the --c-grid values")
+    p.add_argument("--c-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="--grid paper: keep only the coarse C values in [LO, HI] (a lower bound of the full search)")
     p.add_argument("--refine", type=int, default=3,
                    help="--grid paper: configurations re-scored on the full C grid after each pass (0: none)")
     p.add_argument("--refine-window", type=int, default=0,

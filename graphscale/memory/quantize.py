@@ -14,8 +14,11 @@ Format: the tensor is viewed as a contiguous ``[R, C]`` matrix (per-row: ``R = s
 ``mn[r]`` (rounded *down* to the 16-bit grid) and ``scale[r] = (max - mn) / (2**bits - 1)`` (rounded
 *up*), so every value lies in ``[mn, mn + (2**bits - 1) * scale]`` and the codes never clip. Code
 ``q = floor((x - mn) / scale + u)``, ``u ~ U[0, 1)``, has ``E[mn + q * scale] = x`` (unbiased) and
-``|mn + q * scale - x| < scale``. ``u`` comes from a counter-based hash of ``(seed, element index)``:
-reproducible, independent of ``torch``'s global RNG. Codes are packed ``8 // bits`` to a byte.
+``|mn + q * scale - x| < scale``. ``u`` comes from a counter-based hash of ``(seed, position)``:
+reproducible, independent of ``torch``'s global RNG. One 32-bit hash serves two values of a row
+(see :func:`quantize_noise`), so ``u`` has 16 random bits: ``u = k / 2**16``, and the mean of
+``mn + q * scale`` is ``x`` to within ``2**-16 * scale`` (below the 16-bit statistics' own rounding).
+Codes are packed ``8 // bits`` to a byte.
 
 Statistics are float16 unless a row's minimum or step is outside float16's range (|v| > 65504), in
 which case the whole tensor's statistics use bfloat16 (same 16 bits, float32's range). A constant row
@@ -40,7 +43,7 @@ from graphscale._features import TRITON_INTERPRET, WITH_TRITON
 from graphscale.errors import ConfigError
 
 __all__ = ["SUPPORTED_BITS", "QuantizedTensor", "Projected", "quantize", "dequantize", "pack_codes",
-           "unpack_codes", "stochastic_uniform", "rademacher", "next_seed", "set_seed", "check_bits",
+           "unpack_codes", "quantize_noise", "rademacher", "next_seed", "set_seed", "check_bits",
            "check_group_size", "check_kept_frac", "project_quantize", "hash_mask",
            "check_dropout_mask", "DROPOUT_MASKS"]
 
@@ -180,10 +183,19 @@ def _index(rows: int, cols: int, device) -> Tensor:
     return torch.arange(n, device=device, dtype=torch.int32 if n < 2**31 else torch.int64).view(rows, cols)
 
 
-def stochastic_uniform(idx: Tensor, seed: int) -> Tensor:
-    """Uniform ``[0, 1)`` float32 noise (24 random bits) for integer element indices ``idx``."""
-    h = _hash(idx, seed)
-    return h.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32).mul_(2.0 ** -24)
+def quantize_noise(rows: int, cols: int, seed: int, device=None) -> Tensor:
+    """The rounding noise ``u [rows, cols]`` of :func:`quantize` (and, thresholded, :func:`hash_mask`).
+
+    Definition (the blocked torch path and the Triton kernel compute the same values): with ``H =
+    ceil(cols / 2)``, column ``c`` of row ``r`` reads the 32-bit hash ``h = _hash(r * H + c mod H)``;
+    columns ``c < H`` take its low 16 bits, columns ``c >= H`` its high 16 bits, and ``u = bits16 /
+    2**16``. Halving the hashes halves the cost of the torch path's dominant passes (the
+    multiply-xorshift rounds); 16 bits of noise are finer than the 16-bit step they round to.
+    """
+    half = -(-cols // 2)
+    h = _hash(_index(rows, half, device).view(-1), seed).view(rows, half).long() & _M32
+    u = torch.cat([h & 0xFFFF, (h >> 16)[:, : cols - half]], 1)
+    return u.to(torch.float32) * 2.0 ** -16
 
 
 # Blocked evaluation: the elementwise work (hash, scaling, rounding, packing) runs over blocks of
@@ -194,13 +206,12 @@ def stochastic_uniform(idx: Tensor, seed: int) -> Tensor:
 _BLOCK = 1 << 16
 
 
-def _hash_blocks(rows: int, cols: int, seed: int, block: int | None = None, device=None, row0: int = 0):
-    """Yield ``(r0, r1, h)`` over blocks of rows ``r0 <= r < r1`` of ``[rows, cols]``: ``h [r1 - r0, cols]``
-    int32 = ``_hash`` of the element indices ``(row0 + r) * cols + c`` (a reused buffer: consume it
+def _hash_blocks(rows: int, cols: int, seed: int, step: int, device=None, row0: int = 0):
+    """Yield ``(r0, r1, h)`` over blocks of ``step`` rows ``r0 <= r < r1`` of ``[rows, cols]``: ``h [r1 - r0,
+    cols]`` int32 = ``_hash`` of the indices ``(row0 + r) * cols + c`` (a reused buffer: consume it
     before the next step)."""
     if rows * cols == 0:
         return
-    step = max(1, (block or _BLOCK) // max(cols, 1))
     if (row0 + rows) * cols >= 2**31:  # int64 indices (hi != 0): the unblocked definition per block
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -218,17 +229,35 @@ def _hash_blocks(rows: int, cols: int, seed: int, block: int | None = None, devi
         yield r0, r1, _mix_(hh, tt)
 
 
+def _noise_blocks(rows: int, cols: int, seed: int, block: int | None = None, device=None, row0: int = 0):
+    """Yield ``(r0, r1, lo, hi)`` over blocks of rows: the 16-bit noise of :func:`quantize_noise` for
+    columns ``[0, H)`` (``lo [r1 - r0, H]``) and ``[H, cols)`` (``hi [r1 - r0, cols - H]``) as int32 in
+    ``[0, 2**16)``, of rows ``row0 + r``. Reused buffers: consume them before the next step."""
+    half = -(-cols // 2)
+    step = max(1, (block or _BLOCK) // max(cols, 1))
+    lo = None
+    for r0, r1, h in _hash_blocks(rows, half, seed, step, device, row0):
+        if lo is None or lo.shape[0] < r1 - r0:
+            lo = torch.empty_like(h)
+        ll = lo[: r1 - r0]
+        torch.bitwise_and(h, 0xFFFF, out=ll)
+        hi = h[:, : cols - half].bitwise_right_shift_(16).bitwise_and_(0xFFFF)
+        yield r0, r1, ll, hi
+
+
 def hash_mask(shape, keep_prob: float, seed: int, device=None) -> Tensor:
-    """Bool tensor of ``shape``, each element ``True`` with probability ``keep_prob`` (to 2**-24), from
-    the counter hash of ``(seed, element index)``: regenerated from the seed alone (no stored mask)."""
+    """Bool tensor of ``shape``, each element ``True`` with probability ``keep_prob`` (rounded to a
+    multiple of 2**-16): ``quantize_noise < keep_prob`` over the ``[shape[0], -1]`` view, so it is
+    regenerated from the seed alone (no stored mask)."""
     shape = torch.Size(shape)
     rows = shape[0] if len(shape) >= 1 else 1
     cols = math.prod(shape) // rows if rows else 0
     out = torch.empty(rows, cols, dtype=torch.bool, device=device)
-    thr = int(round(keep_prob * 2**24))  # keep where the hash's top 24 bits (u * 2**24) are < thr
-    for r0, r1, h in _hash_blocks(rows, cols, seed, device=device):
-        h.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
-        torch.lt(h, thr, out=out[r0:r1])
+    half = -(-cols // 2)
+    thr = int(round(keep_prob * 2**16))  # keep where the 16 noise bits (u * 2**16) are < thr
+    for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, device=device):
+        torch.lt(lo, thr, out=out[r0:r1, :half])
+        torch.lt(hi, thr, out=out[r0:r1, half:])
     return out.view(shape)
 
 
@@ -488,20 +517,21 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
                 block: int | None = None) -> None:
     """Codes ``floor((x - mn) * inv + u)`` (clamped to the levels) of rows ``row0 + r`` of the ``[R, C]``
     view, bit-packed into ``packed[row0 + r]``; the same float32 operations, in the same order, as
-    the Triton kernel (``u * 2**24`` is an integer below 2**24, so adding ``h * 2**-24`` equals adding
+    the Triton kernel (``u * 2**16`` is an integer below 2**16, so adding ``k * 2**-16`` equals adding
     ``u``, and clamping before truncation equals flooring before clamping for these non-negative
     values)."""
     rows, cols = x2d.shape
     levels = (1 << bits) - 1
     vpb = 8 // bits
     nb = packed.shape[1]
+    half = -(-cols // 2)
     mnf = mn.float()
     step = max(1, (block or _BLOCK) // cols)
     m = min(step, rows)
     v = torch.empty(m, cols, dtype=torch.float32, device=x2d.device)
     c = torch.zeros(m, nb * vpb, dtype=torch.uint8, device=x2d.device)  # padding codes stay 0
     fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
-    for r0, r1, h in _hash_blocks(rows, cols, seed, block, x2d.device, row0):
+    for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, block, x2d.device, row0):
         g0, g1 = row0 + r0, row0 + r1
         vv, cc, xs = v[: r1 - r0], c[: r1 - r0], x2d[r0:r1]
         if xs.dtype == torch.float32:
@@ -509,8 +539,13 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
         else:
             vv.copy_(xs).sub_(mnf[g0:g1, None])
         vv.mul_(inv[g0:g1, None])
-        h.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF)
-        vv.add_(h, alpha=2.0 ** -24).clamp_(0, levels)
+        vv[:, :half].add_(lo, alpha=2.0 ** -16)
+        vv[:, half:].add_(hi, alpha=2.0 ** -16)
+        if bits == 8:
+            # x >= mn gives fl(x - mn) >= 0 and inv >= 0, so v >= 0; and v <= levels up to two float32
+            # roundings (< 2**-16 for levels <= 15) plus u <= 1 - 2**-16 stays below levels + 1: the
+            # truncation needs no clamp below 8 bits (one pass less), the Triton kernel's clamp is a no-op.
+            vv.clamp_(0, levels)
         cc[:, :cols].copy_(vv)
         out = packed[g0:g1]
         if bits == 8:

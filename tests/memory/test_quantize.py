@@ -8,7 +8,7 @@ import torch
 
 from graphscale.errors import ConfigError
 from graphscale.memory.quantize import (CompressionConfig, dequantize, pack_codes, project_quantize, quantize,
-                                        rademacher, stochastic_uniform, unpack_codes)
+                                        quantize_noise, rademacher, unpack_codes)
 
 BITS = (1, 2, 4, 8)
 GROUPS = (None, 256, 7)  # per-row (EXACT), ActNN default, an odd group that splits rows
@@ -67,12 +67,18 @@ def test_stochastic_rounding_unbiased(bits, group_size):
 
 
 def test_uniform_noise_is_uniform_and_counter_based():
-    idx = torch.arange(200_000, dtype=torch.int64)
-    u = stochastic_uniform(idx, seed=3)
+    u = quantize_noise(500, 401, seed=3)  # odd width: the last hash of each row serves one value
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
-    assert torch.equal(u[1000:2000], stochastic_uniform(idx[1000:2000], seed=3))  # position-addressed
-    assert not torch.equal(u, stochastic_uniform(idx, seed=4))
+    assert torch.equal(u * 2**16, (u * 2**16).round())  # 16 bits per value
+    # the two halves of a row come from one hash but are not the same numbers
+    assert abs(float(torch.corrcoef(torch.stack([u[:, :200].reshape(-1), u[:, 201:].reshape(-1)]))[0, 1])) < 0.01
+    assert not torch.equal(u, quantize_noise(500, 401, seed=4))
+    # the definition: column c < H of row r is the low half of _hash(r * H + c), column H + c the high half
+    import importlib
+    Q = importlib.import_module("graphscale.memory.quantize")
+    h = Q._hash(torch.tensor([7 * 201 + 5]), 3).long() & 0xFFFFFFFF
+    assert float(u[7, 5]) * 2**16 == float(h & 0xFFFF) and float(u[7, 206]) * 2**16 == float(h >> 16)
 
 
 def test_hash_matches_uint32_definition():
@@ -199,14 +205,14 @@ def test_bad_input_messages():
 @pytest.mark.parametrize("group_size", GROUPS)
 def test_blocked_codes_match_elementwise_definition(bits, group_size):
     # The torch path runs in blocks of rows; any block size gives the codes of the definition
-    # q = clamp(floor((x - mn) / scale + u), 0, levels), u = stochastic_uniform(index, seed).
+    # q = clamp(floor((x - mn) / scale + u), 0, levels), u = quantize_noise(rows, cols, seed).
     import importlib
     Q = importlib.import_module("graphscale.memory.quantize")
     x = torch.randn(53, 45) * 2 + 0.5
     q = quantize(x, bits, group_size, seed=9)
     x2d, cols = Q._view_rows(x, group_size)
     mn, _, inv = Q._row_stats(x2d, bits)
-    u = stochastic_uniform(Q._index(*x2d.shape, "cpu"), 9)
+    u = quantize_noise(*x2d.shape, 9)
     codes = ((x2d - mn.float()[:, None]) * inv[:, None] + u).floor().clamp(0, _levels(bits)).to(torch.uint8)
     assert torch.equal(q.packed, pack_codes(codes, bits))
     for block in (1, 64, 1000, 10**6):

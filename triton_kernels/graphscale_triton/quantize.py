@@ -5,8 +5,11 @@ as a contiguous ``[R, C]`` matrix (one row per node for EXACT's per-row mode, on
 ``group_size`` values for ActNN's per-group mode). Row ``r`` has a minimum ``mn[r]`` and a step
 ``scale[r]`` (16-bit floats); value ``x`` becomes the integer code
 ``floor((x - mn) * inv_scale + u)`` clamped to ``[0, 2**bits - 1]``, with ``u`` uniform in
-``[0, 1)`` drawn from a counter-based hash of ``(key, element index)`` -- unbiased stochastic
-rounding that consumes no global RNG state and is reproducible from the key. ``8 // bits`` codes
+``[0, 1)`` drawn from a counter-based hash of ``(key, position)`` -- unbiased stochastic rounding
+(to 2**-16 of a step) that consumes no global RNG state and is reproducible from the key. One
+32-bit hash serves two values: with ``H = ceil(C / 2)``, column ``c`` of row ``r`` hashes ``r * H +
+c mod H`` and takes the low 16 bits for ``c < H``, the high 16 bits otherwise (the torch reference
+computes each hash once for both; recomputing it per value here is free next to the memory traffic). ``8 // bits`` codes
 share a byte, the first in the lowest bits.
 
 Plain launchers only (DESIGN.md rule 4): tensors in, tensors out; dispatch and fallbacks live in
@@ -54,10 +57,14 @@ def _quantize_pack_kernel(
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     mn = tl.load(mn_ptr + row).to(tl.float32)
     inv = tl.load(inv_ptr + row)
-    lo = (idx & 0xFFFFFFFF).to(tl.uint32)
-    hi = (idx >> 32).to(tl.uint32)
+    H = (C + 1) // 2
+    upper = col >= H
+    pidx = row.to(tl.int64) * H + tl.where(upper, col - H, col)
+    lo = (pidx & 0xFFFFFFFF).to(tl.uint32)
+    hi = (pidx >> 32).to(tl.uint32)
     h = _mix(lo ^ key1.to(tl.uint32) ^ (hi * 0x9E3779B9))
-    u = (h >> 8).to(tl.float32) * 5.9604644775390625e-08  # top 24 bits / 2**24: uniform in [0, 1)
+    h16 = tl.where(upper, h >> 16, h & 0xFFFF)
+    u = h16.to(tl.float32) * 1.52587890625e-05  # 16 bits / 2**16: uniform in [0, 1)
     code = tl.floor((x - mn) * inv + u)
     code = tl.minimum(tl.maximum(code, 0.0), (1 << BITS) - 1.0)
     code = tl.where(mask, code, 0.0).to(tl.int32)
