@@ -36,6 +36,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -244,6 +245,40 @@ def _noise_blocks(rows: int, cols: int, seed: int, block: int | None = None, dev
         yield r0, r1, ll, hi
 
 
+# CPU tensors run the same blocked arithmetic through numpy: its ufuncs on uint32 wrap and shift
+# logically as the definition does, and cost ~0.7 us per call against ~7 us for a torch op, which
+# dominates at these block sizes (measured: the hash of 32k values 0.048 vs 0.095 ms, one thread).
+# The torch functions above stay the specification and the path for other devices; tests check
+# that both give identical bits.
+def _np_path(device, rows: int, half: int, row0: int = 0) -> bool:
+    return (device is None or torch.device(device).type == "cpu") and (row0 + rows) * half < 2**31
+
+
+def _noise_blocks_np(rows: int, cols: int, seed: int, block: int | None = None, row0: int = 0):
+    """numpy twin of :func:`_noise_blocks`: ``(r0, r1, lo, hi)`` as uint32 arrays (reused buffers)."""
+    half = -(-cols // 2)
+    if rows * cols == 0:
+        return
+    step = max(1, (block or _BLOCK) // max(cols, 1))
+    m = min(step, rows)
+    ar = np.arange(m * half, dtype=np.uint32).reshape(m, half)
+    h, t = np.empty_like(ar), np.empty_like(ar)
+    k1 = np.uint32(_keys(seed)[0])
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        hh, tt = h[: r1 - r0], t[: r1 - r0]
+        np.add(ar[: r1 - r0], np.uint32((row0 + r0) * half), out=hh)
+        np.bitwise_xor(hh, k1, out=hh)
+        for shift, mul in ((16, _C1), (15, _C2 & _M32), (16, None)):  # lowbias32, as _mix_
+            np.right_shift(hh, np.uint32(shift), out=tt)
+            np.bitwise_xor(hh, tt, out=hh)
+            if mul is not None:
+                np.multiply(hh, np.uint32(mul), out=hh)
+        np.bitwise_and(hh, np.uint32(0xFFFF), out=tt)
+        np.right_shift(hh, np.uint32(16), out=hh)
+        yield r0, r1, tt, hh[:, : cols - half]
+
+
 def hash_mask(shape, keep_prob: float, seed: int, device=None) -> Tensor:
     """Bool tensor of ``shape``, each element ``True`` with probability ``keep_prob`` (rounded to a
     multiple of 2**-16): ``quantize_noise < keep_prob`` over the ``[shape[0], -1]`` view, so it is
@@ -254,6 +289,12 @@ def hash_mask(shape, keep_prob: float, seed: int, device=None) -> Tensor:
     out = torch.empty(rows, cols, dtype=torch.bool, device=device)
     half = -(-cols // 2)
     thr = int(round(keep_prob * 2**16))  # keep where the 16 noise bits (u * 2**16) are < thr
+    if _np_path(device, rows, half):
+        o = out.numpy()
+        for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed):
+            np.less(lo, np.uint32(thr), out=o[r0:r1, :half])
+            np.less(hi, np.uint32(thr), out=o[r0:r1, half:])
+        return out.view(shape)
     for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, device=device):
         torch.lt(lo, thr, out=out[r0:r1, :half])
         torch.lt(hi, thr, out=out[r0:r1, half:])
@@ -424,6 +465,34 @@ def _row_stats(x2d: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _stats_from_range(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    if lo.device.type == "cpu" and lo.dtype == torch.float32:
+        got = _stats_from_range_np(lo.detach().numpy(), hi.detach().numpy(), bits)
+        if got is not None:
+            return got
+    return _stats_from_range_torch(lo, hi, bits)
+
+
+def _stats_from_range_np(lo: np.ndarray, hi: np.ndarray, bits: int):
+    """numpy twin of :func:`_stats_from_range_torch` for the float16 case (``None`` otherwise): the same
+    IEEE operations on arrays of one value per row, ~1 us per call instead of ~7 us."""
+    levels = (1 << bits) - 1
+    with np.errstate(all="ignore"):
+        span = (hi - lo) / np.float32(levels)
+        if lo.shape[0] and not (max(float(np.abs(lo).max()), float(span.max())) <= _FP16_MAX / 2):
+            return None
+        mn = lo.astype(np.float16)
+        down = mn.astype(np.float32) > lo
+        mn[down] = np.nextafter(mn[down], np.float16(-np.inf))
+        want = (hi - mn.astype(np.float32)) / np.float32(levels)
+        scale = want.astype(np.float16)
+        up = scale.astype(np.float32) < want
+        scale[up] = np.nextafter(scale[up], np.float16(np.inf))
+        s = scale.astype(np.float32)
+        inv = np.where(s > 0, np.float32(1.0) / np.where(s > 0, s, np.float32(1.0)), np.float32(0.0))
+    return torch.from_numpy(mn), torch.from_numpy(scale), torch.from_numpy(inv.astype(np.float32, copy=False))
+
+
+def _stats_from_range_torch(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
     levels = (1 << bits) - 1
     span = (hi - lo) / levels
     # Half the float16 maximum leaves room for the outward rounding of mn and scale.
@@ -501,7 +570,10 @@ def _quantize_reference(x: Tensor, bits: int, group_size: int | None, seed: int,
     packed = torch.empty(lo.shape[0], -(-cols // vpb), dtype=torch.uint8, device=x.device)
     row0 = 0
     for p in parts:
-        _codes_into(packed, p, mn, inv, bits, seed, row0, block)
+        if _np_path(x.device, row0 + p.shape[0], -(-cols // 2)):
+            _codes_into_np(packed, p, mn, inv, bits, seed, row0, block)
+        else:
+            _codes_into(packed, p, mn, inv, bits, seed, row0, block)
         row0 += p.shape[0]
     return packed, mn, scale, cols
 
@@ -563,6 +635,52 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
             out.copy_(c3[:, :, 0])
             for k in range(1, vpb):
                 out.bitwise_or_(c3[:, :, k] << (k * bits))
+
+
+def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int, seed: int, row0: int,
+                   block: int | None = None) -> None:
+    """:func:`_codes_into` for CPU tensors: the hash and the packing through numpy (see ``_np_path``), the
+    broadcast and strided float32 steps through torch on the same memory (faster there: measured 19 vs
+    45 us for the per-row scaling of a 64k block); the same operations in the same order, so the
+    same bits."""
+    rows, cols = x2d.shape
+    levels = (1 << bits) - 1
+    vpb = 8 // bits
+    nb = packed.shape[1]
+    half = -(-cols // 2)
+    P = packed.numpy()
+    mnf = mn.float()
+    step = max(1, (block or _BLOCK) // cols)
+    m = min(step, rows)
+    v = torch.empty(m, cols, dtype=torch.float32)
+    c = np.zeros((m, nb * vpb), np.uint8)  # padding codes stay 0
+    fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
+    for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed, block, row0):
+        g0, g1, k = row0 + r0, row0 + r1, r1 - r0
+        vv, cc, xs = v[:k], c[:k], x2d[r0:r1]
+        if xs.dtype == torch.float32:
+            torch.sub(xs, mnf[g0:g1, None], out=vv)
+        else:
+            vv.copy_(xs).sub_(mnf[g0:g1, None])
+        vv.mul_(inv[g0:g1, None])
+        vv[:, :half].add_(torch.from_numpy(lo.view(np.int32)), alpha=2.0 ** -16)  # < 2**16: same values
+        vv[:, half:].add_(torch.from_numpy(hi.view(np.int32)), alpha=2.0 ** -16)
+        if bits == 8:  # see _codes_into
+            vv.clamp_(0, levels)
+        np.copyto(cc[:, :cols], vv.numpy(), casting="unsafe")  # truncation = floor for these values >= 0
+        out = P[g0:g1]
+        if bits == 8:
+            out[...] = cc
+        elif fast2:
+            w = cc.view(np.uint32)
+            np.multiply(w, np.uint32(_PACK2), out=w)
+            np.right_shift(w, np.uint32(24), out=w)
+            np.copyto(out, w, casting="unsafe")
+        else:
+            c3 = cc.reshape(k, nb, vpb)
+            out[...] = c3[:, :, 0]
+            for j in range(1, vpb):
+                out |= c3[:, :, j] << np.uint8(j * bits)
 
 
 def dequantize(q: QuantizedTensor | Projected, backend: str | None = None) -> Tensor:
