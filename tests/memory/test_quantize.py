@@ -222,3 +222,36 @@ def test_blocked_codes_match_elementwise_definition(bits, group_size):
         vals = unpack_codes(packed, bits, cols).float() * scale2.float()[:, None] + mn2.float()[:, None]
         assert torch.equal(Q._dequantize_reference(packed, mn2, scale2, bits, cols, block=block), vals)
     assert torch.equal(unpack_codes(q.packed, bits, cols), codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_numpy_cpu_path_matches_torch_path(bits):
+    # CPU tensors run the hash and packing through numpy (_codes_into_np, _noise_blocks_np,
+    # _stats_from_range_np); the torch functions are the specification: the same bits on every shape.
+    import importlib
+    Q = importlib.import_module("graphscale.memory.quantize")
+    torch.manual_seed(0)
+    for shape, dtype in (((53, 45), torch.float32), ((7, 256), torch.float32), ((40, 33), torch.float16),
+                         ((9, 12), torch.float64), ((1, 1), torch.float32), ((300, 8), torch.bfloat16)):
+        x2d = (torch.randn(*shape) * 3 + 1).to(dtype)
+        lo, hi = x2d.float().amin(1), x2d.float().amax(1)
+        mn, scale, inv = Q._stats_from_range(lo, hi, bits)
+        mt, st, it = Q._stats_from_range_torch(lo, hi, bits)
+        assert torch.equal(mn, mt) and torch.equal(scale, st) and torch.equal(inv, it)
+        nb = -(-shape[1] // (8 // bits))
+        for block in (1, 64, None):
+            a = torch.empty(shape[0], nb, dtype=torch.uint8)
+            b = torch.empty_like(a)
+            Q._codes_into(a, x2d, mn, inv, bits, 17, 0, block)
+            Q._codes_into_np(b, x2d, mn, inv, bits, 17, 0, block)
+            assert torch.equal(a, b), (shape, dtype, block)
+    # out-of-float16-range statistics fall back to the torch (bfloat16) path
+    assert Q._stats_from_range_np(torch.tensor([1e6]).numpy(), torch.tensor([2e6]).numpy(), bits) is None
+    # seed masks: the numpy path equals the torch noise thresholded
+    m = Q.hash_mask((123, 77), 0.3, seed=5)
+    ref = torch.empty(123, 77, dtype=torch.bool)
+    for r0, r1, lo16, hi16 in Q._noise_blocks(123, 77, 5, block=500):
+        ref[r0:r1, :39] = lo16 < round(0.3 * 2**16)
+        ref[r0:r1, 39:] = hi16 < round(0.3 * 2**16)
+    assert torch.equal(m, ref)
+    assert torch.equal(m.float(), (Q.quantize_noise(123, 77, 5) < 0.3).float())
