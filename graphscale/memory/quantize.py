@@ -17,7 +17,7 @@ Format: the tensor is viewed as a contiguous ``[R, C]`` matrix (per-row: ``R = s
 ``|mn + q * scale - x| < scale``. ``u`` comes from a counter-based hash of ``(seed, position)``:
 reproducible, independent of ``torch``'s global RNG. One 32-bit hash serves two values of a row
 (see :func:`quantize_noise`), so ``u`` has 16 random bits: ``u = k / 2**16``, and the mean of
-``mn + q * scale`` is ``x`` to within ``2**-16 * scale`` (below the 16-bit statistics' own rounding).
+``mn + q * scale`` is ``x`` to within ``2**-16 * scale`` (the noise's resolution).
 Codes are packed ``8 // bits`` to a byte.
 
 Statistics are float16 unless a row's minimum or step is outside float16's range (|v| > 65504), in
@@ -190,8 +190,8 @@ def quantize_noise(rows: int, cols: int, seed: int, device=None) -> Tensor:
     Definition (the blocked torch path and the Triton kernel compute the same values): with ``H =
     ceil(cols / 2)``, column ``c`` of row ``r`` reads the 32-bit hash ``h = _hash(r * H + c mod H)``;
     columns ``c < H`` take its low 16 bits, columns ``c >= H`` its high 16 bits, and ``u = bits16 /
-    2**16``. Halving the hashes halves the cost of the torch path's dominant passes (the
-    multiply-xorshift rounds); 16 bits of noise are finer than the 16-bit step they round to.
+    2**16``. Halving the hashes halves the cost of the dominant passes (the multiply-xorshift
+    rounds); 16 bits of noise bound the rounding bias by ``2**-16`` of a step.
     """
     half = -(-cols // 2)
     h = _hash(_index(rows, half, device).view(-1), seed).view(rows, half).long() & _M32
@@ -250,8 +250,8 @@ def _noise_blocks(rows: int, cols: int, seed: int, block: int | None = None, dev
 # dominates at these block sizes (measured: the hash of 32k values 0.048 vs 0.095 ms, one thread).
 # The torch functions above stay the specification and the path for other devices; tests check
 # that both give identical bits.
-def _np_path(device, rows: int, half: int, row0: int = 0) -> bool:
-    return (device is None or torch.device(device).type == "cpu") and (row0 + rows) * half < 2**31
+def _np_path(device, rows: int, half: int) -> bool:
+    return torch.device(device).type == "cpu" and rows * half < 2**31
 
 
 def _noise_blocks_np(rows: int, cols: int, seed: int, block: int | None = None, row0: int = 0):
@@ -289,7 +289,7 @@ def hash_mask(shape, keep_prob: float, seed: int, device=None) -> Tensor:
     out = torch.empty(rows, cols, dtype=torch.bool, device=device)
     half = -(-cols // 2)
     thr = int(round(keep_prob * 2**16))  # keep where the 16 noise bits (u * 2**16) are < thr
-    if _np_path(device, rows, half):
+    if _np_path(out.device, rows, half):
         o = out.numpy()
         for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed):
             np.less(lo, np.uint32(thr), out=o[r0:r1, :half])
@@ -592,7 +592,7 @@ _LITTLE = sys.byteorder == "little"
 
 def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int, seed: int, row0: int,
                 block: int | None = None) -> None:
-    """Codes ``floor((x - mn) * inv + u)`` (clamped to the levels) of rows ``row0 + r`` of the ``[R, C]``
+    """Codes ``floor((x - mn) * inv + u)`` (in the levels; clamped at 8 bits) of rows ``row0 + r`` of the ``[R, C]``
     view, bit-packed into ``packed[row0 + r]``; the same float32 operations, in the same order, as
     the Triton kernel (``u * 2**16`` is an integer below 2**16, so adding ``k * 2**-16`` equals adding
     ``u``, and clamping before truncation equals flooring before clamping for these non-negative
@@ -652,7 +652,7 @@ def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: i
     mnf = mn.float()
     step = max(1, (block or _BLOCK) // cols)
     m = min(step, rows)
-    v = torch.empty(m, cols, dtype=torch.float32)
+    v = torch.empty(m, cols, dtype=torch.float32, device=x2d.device)
     c = np.zeros((m, nb * vpb), np.uint8)  # padding codes stay 0
     fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
     for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed, block, row0):
