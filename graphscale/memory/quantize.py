@@ -590,6 +590,24 @@ _PACK2 = (1 << 24) + (1 << 18) + (1 << 12) + (1 << 6)
 _LITTLE = sys.byteorder == "little"
 
 
+def _noisy_values_into(vv: Tensor, xs: Tensor, mnf: Tensor, inv: Tensor, lo: Tensor, hi: Tensor, bits: int) -> None:
+    """``vv [k, C] = (xs - mn) * inv + u`` in float32 (the steps both code paths share): ``mnf``, ``inv``
+    ``[k]`` per row, ``lo [k, H]`` / ``hi [k, C - H]`` the int32 16-bit noise of :func:`quantize_noise`."""
+    half = lo.shape[1]
+    if xs.dtype == torch.float32:
+        torch.sub(xs, mnf[:, None], out=vv)
+    else:
+        vv.copy_(xs).sub_(mnf[:, None])
+    vv.mul_(inv[:, None])
+    vv[:, :half].add_(lo, alpha=2.0 ** -16)
+    vv[:, half:].add_(hi, alpha=2.0 ** -16)
+    if bits == 8:
+        # x >= mn gives fl(x - mn) >= 0 and inv >= 0, so v >= 0; and v <= levels up to two float32
+        # roundings (< 2**-16 for levels <= 15) plus u <= 1 - 2**-16 stays below levels + 1: the
+        # truncation needs no clamp below 8 bits (one pass less), the Triton kernel's clamp is a no-op.
+        vv.clamp_(0, (1 << bits) - 1)
+
+
 def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int, seed: int, row0: int,
                 block: int | None = None) -> None:
     """Codes ``floor((x - mn) * inv + u)`` (in the levels; clamped at 8 bits) of rows ``row0 + r`` of the ``[R, C]``
@@ -598,10 +616,8 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
     ``u``, and clamping before truncation equals flooring before clamping for these non-negative
     values)."""
     rows, cols = x2d.shape
-    levels = (1 << bits) - 1
     vpb = 8 // bits
     nb = packed.shape[1]
-    half = -(-cols // 2)
     mnf = mn.float()
     step = max(1, (block or _BLOCK) // cols)
     m = min(step, rows)
@@ -610,19 +626,8 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
     fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
     for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, block, x2d.device, row0):
         g0, g1 = row0 + r0, row0 + r1
-        vv, cc, xs = v[: r1 - r0], c[: r1 - r0], x2d[r0:r1]
-        if xs.dtype == torch.float32:
-            torch.sub(xs, mnf[g0:g1, None], out=vv)
-        else:
-            vv.copy_(xs).sub_(mnf[g0:g1, None])
-        vv.mul_(inv[g0:g1, None])
-        vv[:, :half].add_(lo, alpha=2.0 ** -16)
-        vv[:, half:].add_(hi, alpha=2.0 ** -16)
-        if bits == 8:
-            # x >= mn gives fl(x - mn) >= 0 and inv >= 0, so v >= 0; and v <= levels up to two float32
-            # roundings (< 2**-16 for levels <= 15) plus u <= 1 - 2**-16 stays below levels + 1: the
-            # truncation needs no clamp below 8 bits (one pass less), the Triton kernel's clamp is a no-op.
-            vv.clamp_(0, levels)
+        vv, cc = v[: r1 - r0], c[: r1 - r0]
+        _noisy_values_into(vv, x2d[r0:r1], mnf[g0:g1], inv[g0:g1], lo, hi, bits)
         cc[:, :cols].copy_(vv)
         out = packed[g0:g1]
         if bits == 8:
@@ -644,10 +649,8 @@ def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: i
     45 us for the per-row scaling of a 64k block); the same operations in the same order, so the
     same bits."""
     rows, cols = x2d.shape
-    levels = (1 << bits) - 1
     vpb = 8 // bits
     nb = packed.shape[1]
-    half = -(-cols // 2)
     P = packed.numpy()
     mnf = mn.float()
     step = max(1, (block or _BLOCK) // cols)
@@ -657,16 +660,10 @@ def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: i
     fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
     for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed, block, row0):
         g0, g1, k = row0 + r0, row0 + r1, r1 - r0
-        vv, cc, xs = v[:k], c[:k], x2d[r0:r1]
-        if xs.dtype == torch.float32:
-            torch.sub(xs, mnf[g0:g1, None], out=vv)
-        else:
-            vv.copy_(xs).sub_(mnf[g0:g1, None])
-        vv.mul_(inv[g0:g1, None])
-        vv[:, :half].add_(torch.from_numpy(lo.view(np.int32)), alpha=2.0 ** -16)  # < 2**16: same values
-        vv[:, half:].add_(torch.from_numpy(hi.view(np.int32)), alpha=2.0 ** -16)
-        if bits == 8:  # see _codes_into
-            vv.clamp_(0, levels)
+        vv, cc = v[:k], c[:k]
+        # the noise as int32 views (< 2**16: the same values)
+        _noisy_values_into(vv, x2d[r0:r1], mnf[g0:g1], inv[g0:g1], torch.from_numpy(lo.view(np.int32)),
+                           torch.from_numpy(hi.view(np.int32)), bits)
         np.copyto(cc[:, :cols], vv.numpy(), casting="unsafe")  # truncation = floor for these values >= 0
         out = P[g0:g1]
         if bits == 8:
