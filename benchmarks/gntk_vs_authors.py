@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from graphscale.data.graph_classification import load_graph_dataset
+from graphscale.errors import ConfigError
 from graphscale.gntk.kernel import GNTKConfig, gram_matrix
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +123,13 @@ def main():
     p.add_argument("--graphs", type=int, default=30, help="random graphs per data set (all pairs compared)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    cfgs = [_parse_cfg(c) for c in args.configs]  # bad strings fail here, before any loading
+    cfgs = []
+    for c in args.configs:  # bad strings fail here, before any loading
+        try:
+            cfgs.append(_parse_cfg(c))
+        except (IndexError, ValueError, ConfigError) as e:
+            raise SystemExit(f"--configs {c!r}: expected L<layers>-R<mlp layers>-<uniform|degree>[-jk], "
+                             f"e.g. L11-R3-degree-jk ({e})") from None
     gntk_mod, util = _authors_modules(args.authors)
     rows = []
     for name in args.datasets:
