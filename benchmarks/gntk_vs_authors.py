@@ -37,7 +37,7 @@ from graphscale.errors import ConfigError
 from graphscale.gntk.kernel import GNTKConfig, gram_matrix
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gntk import GIN, _parse_cfg, env, write  # noqa: E402
+from bench_gntk import GIN, _cfg_str, _parse_cfg, env, write  # noqa: E402
 
 
 def _authors_modules(path: str):
@@ -146,7 +146,7 @@ def main():
             t0 = time.perf_counter()
             got = gram_matrix([ours.graphs[i] for i in idx], cfg, progress=False)
             our_s = time.perf_counter() - t0
-            row = {"dataset": name, "config": f"L{cfg.layers}-R{cfg.mlp_layers}-{cfg.scale}{'-jk' if cfg.jk else ''}",
+            row = {"dataset": name, "config": _cfg_str(cfg),
                    "graphs": k, "pairs": k * (k + 1) // 2, "seed": args.seed,
                    "max_rel_diff": float(np.abs(got - ref).max() / np.abs(ref).max()),
                    "max_entry_rel_diff": float(np.max(np.abs(got - ref) / np.abs(ref))),
