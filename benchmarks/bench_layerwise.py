@@ -146,7 +146,7 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
     from graphscale.memory.accounting import count_saved_bytes
-    from graphscale.sampling.layerwise import gcn_adjacency
+    from graphscale.sampling.propagation import gcn_adjacency
     from graphscale.train.metrics import loss_fn
 
     s = _settings(dataset)
@@ -181,7 +181,7 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
 
 
 def _run_full(data, adj, s, loss, curve, count_saved_bytes) -> dict:
-    from graphscale.sampling.layerwise import aggregate
+    from graphscale.sampling.propagation import aggregate
     from graphscale.train.layerwise import LayerwiseGCN
     x, y, split = data.x, data.y, data.split
     tr = split["train"]
@@ -230,8 +230,9 @@ def _run_full(data, adj, s, loss, curve, count_saved_bytes) -> dict:
 
 def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, controller_path: str,
                    seed: int) -> dict:
-    from graphscale.sampling.layerwise import FeatureStore, map_rows, propagate
-    from graphscale.train.l2o import NUM_FEATURES, StopPolicy, load_controller, save_controller, train_controller
+    from graphscale.sampling.feature_store import FeatureStore, map_rows
+    from graphscale.sampling.propagation import propagate
+    from graphscale.train.l2gcn_controller import NUM_FEATURES, StopPolicy, load_controller, save_controller, train_controller
     from graphscale.train.layerwise import FixedEpochs, LayerSettings, LayerwiseGCN, gcn_episode, train_layer
 
     x, y, split = data.x, data.y, data.split

@@ -26,7 +26,7 @@ from bench_layerwise import PRESETS, _load  # noqa: E402  (same presets and load
 
 
 def probe(data, hops=(0, 1, 2)) -> dict:
-    from graphscale.sampling.layerwise import gcn_adjacency
+    from graphscale.sampling.propagation import gcn_adjacency
     adj = gcn_adjacency(data.edge_index, data.num_nodes)  # the A_hat the benchmark's GCNs train on
     y = data.y.view(-1)
     train, test = data.split["train"], data.split["test"]

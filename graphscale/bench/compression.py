@@ -90,7 +90,7 @@ def _build(kind: str, in_dim: int, hidden: int, out: int, layers: int, dropout: 
         # The RevGNN recipe (Li et al., ICML 2021; graphscale.nn.RevGNN): encoder, ``layers`` reversible
         # LayerNorm -> ReLU -> Dropout -> GENConv(max, as for ogbn-proteins) blocks in 2 groups, decoder.
         # The blocks save nothing (recomputed in backward); compression acts on what the model still saves.
-        from graphscale.nn.deep_models import RevGNN
+        from graphscale.nn.models import RevGNN
         return RevGNN(in_dim, hidden, out, layers, num_groups=2, dropout=dropout, aggr="max")
 
     class Net(nn.Module):

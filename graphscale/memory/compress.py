@@ -30,7 +30,7 @@ from torch import nn
 
 from graphscale.errors import ConfigError
 from graphscale.memory.hooks import compressed_activations, step_inputs
-from graphscale.memory.layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
+from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
                                       QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
 from graphscale.memory.quantize import CompressionConfig
 

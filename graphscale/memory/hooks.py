@@ -14,7 +14,7 @@ tensor's identity and version.
 
 Caveat (as for GACT): an op whose backward is nonlinear in what it saved sees a quantized value. ReLU
 saving its output is exact at 0 but a positive value smaller than its group's step may read back as 0;
-the layer-level replacements (:mod:`graphscale.memory.layers`) store exact 1-bit masks instead.
+the layer-level replacements (:mod:`graphscale.memory.compressed_layers`) store exact 1-bit masks instead.
 The hooks do not apply random projection (its reconstruction is unbiased only where the backward is
 linear in the saved tensor, i.e. for matmul inputs; use :func:`graphscale.memory.compress_model`).
 
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from graphscale.errors import ConfigError
-from graphscale.memory.accounting import report_ctx
+from graphscale.saved_bytes import report_ctx
 from graphscale.memory.quantize import CompressionConfig, Projected, QuantizedTensor
 
 __all__ = ["compressed_activations", "SharedQuantized", "step_inputs"]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from graphscale.errors import ConfigError, TrainingError
-from graphscale.memory.accounting import report_ctx
+from graphscale.saved_bytes import report_ctx
 from graphscale.nn.reversible import SeededRNG, check_reversible_module
 from graphscale.nn.solvers import SolverResult, get_solver
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from graphscale.errors import ConfigError
-from graphscale.memory.accounting import report_ctx
+from graphscale.saved_bytes import report_ctx
 
 __all__ = ["GroupRevBlock", "RevStack", "SeededRNG", "check_reversible_module", "run_reversible"]
 

@@ -56,7 +56,7 @@ def _gcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
 
 
 def _revgnn(cfg: ModelConfig, info: DatasetInfo, weight_tied: bool) -> nn.Module:
-    from graphscale.nn.deep_models import RevGNN
+    from graphscale.nn.models import RevGNN
     return RevGNN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
                   num_groups=cfg.num_groups, edge_dim=info.edge_dim, dropout=cfg.dropout, aggr=cfg.aggr,
                   t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, weight_tied=weight_tied)
@@ -74,7 +74,7 @@ def _revgnn_tied(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
 
 @register_model("deq-gnn")
 def _deq_gnn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
-    from graphscale.nn.deep_models import DEQGNN
+    from graphscale.nn.models import DEQGNN
     return DEQGNN(info.num_features, cfg.hidden_channels, info.num_outputs, edge_dim=info.edge_dim,
                   dropout=cfg.dropout, aggr=cfg.aggr, t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers,
                   solver=cfg.solver, max_iter=cfg.max_iter, tol=cfg.tol)

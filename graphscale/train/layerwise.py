@@ -4,7 +4,7 @@ You, Chen, Wang, Shen, CVPR 2020, "L2-GCN: Layer-Wise and Learned Efficient Trai
 Convolutional Networks". For layer ``l = 1..L``:
 
 1. aggregate the current features once over the whole graph, ``Z_l = A_hat H_{l-1}``
-   (:func:`graphscale.sampling.layerwise.propagate`, GCN normalisation);
+   (:func:`graphscale.sampling.propagation.propagate`, GCN normalisation);
 2. train the layer's transform ``H_l = ReLU(Z_l W_l + b_l)`` together with a throw-away auxiliary
    classifier ``H_l C_l`` on mini-batches of *training-node rows* of ``Z_l`` -- an MLP step, no graph
    in the loop, so memory per step is independent of the graph size;
@@ -15,7 +15,7 @@ stacked GCN ``C_L ReLU(A_hat ... ReLU(A_hat X W_1) ... W_L)`` (:class:`Layerwise
 inference can run on the full graph or layer by layer (:meth:`LayerwiseGCN.inference`).
 
 L-GCN trains every layer for ``train.layer_epochs`` epochs; L2-GCN (``train.controller=l2o``) lets
-a recurrent controller (:mod:`graphscale.train.l2o`) stop each layer, trained with REINFORCE on
+a recurrent controller (:mod:`graphscale.train.l2gcn_controller`) stop each layer, trained with REINFORCE on
 episodes over small sampled subgraphs (:func:`gcn_episode`) or loaded from ``train.controller_path``.
 
 The feature matrices live on the host (``train.storage=memory``) or in memory-mapped files
@@ -38,13 +38,13 @@ import yaml
 from torch import Tensor, nn
 
 from graphscale.errors import ConfigError, DataError, TrainingError
-from graphscale.sampling.layerwise import (FeatureStore, aggregate, gcn_adjacency, layerwise_inference, map_rows,
-                                           node_batches, propagate)
+from graphscale.sampling.feature_store import FeatureStore, map_rows, node_batches
+from graphscale.sampling.propagation import aggregate, gcn_adjacency, layerwise_inference, propagate
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.atomic import load_torch, save_json, save_text, save_torch
 from graphscale.train import distributed
 from graphscale.train.config import Config, to_dict
-from graphscale.train.l2o import NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller, \
+from graphscale.train.l2gcn_controller import NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller, \
     train_controller
 from graphscale.train.metrics import Metric, loss_fn
 
@@ -100,7 +100,7 @@ class LayerwiseGCN(nn.Module):
         return self.head(x)
 
     def inference_layers(self) -> list[Callable]:
-        """The blocks in :func:`~graphscale.sampling.layerwise.layerwise_inference`'s layer contract;
+        """The blocks in :func:`~graphscale.sampling.propagation.layerwise_inference`'s layer contract;
         the head is folded into the last one."""
         def make(layer: int):
             last = layer == self.num_layers - 1
@@ -207,7 +207,7 @@ def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx
         y: ``[N]`` or ``[N, T]`` targets (host).
         train_idx: training node ids.
         loss: ``loss(logits, target) -> scalar`` (a mean over rows).
-        stopper: ends the layer (:class:`FixedEpochs` or :class:`~graphscale.train.l2o.StopPolicy`).
+        stopper: ends the layer (:class:`FixedEpochs` or :class:`~graphscale.train.l2gcn_controller.StopPolicy`).
         settings: batch size (global, over all ranks) and optimiser.
         device: where the step runs.
         on_epoch: called as ``on_epoch(epoch, mean_loss)`` after every epoch, before the stop check
@@ -289,7 +289,7 @@ def forward_features(model: LayerwiseGCN, layer: int, h: Tensor, adj: Tensor, st
 def gcn_episode(x: Tensor, edge_index: Tensor, y: Tensor, train_idx: Tensor, loss: Callable, num_layers: int,
                 hidden_channels: int, sample_nodes: int = 1024, lr: float = 0.01, seed: int = 0
                 ) -> Callable[[StopPolicy, int], tuple[float, int]]:
-    """An L2-GCN controller-training episode on this graph (for :func:`~graphscale.train.l2o.train_controller`).
+    """An L2-GCN controller-training episode on this graph (for :func:`~graphscale.train.l2gcn_controller.train_controller`).
 
     Round ``r`` samples ``sample_nodes`` nodes (up to half of them training nodes, the rest uniform),
     takes their induced subgraph with its own ``A_hat``, and trains a fresh :class:`LayerwiseGCN`

@@ -11,7 +11,7 @@ from torch import nn
 from graphscale.errors import ConfigError
 from graphscale.memory import (CompressionConfig, UncompressedLayersError, compress_model, compressed_activations,
                                count_saved_bytes, find_uncompressed, hook_compression)
-from graphscale.memory.layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QReLU, qbatch_norm, qdropout,
+from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QReLU, qbatch_norm, qdropout,
                                       qlayer_norm, qlinear, qrelu)
 from graphscale.memory.quantize import set_seed
 
@@ -100,7 +100,7 @@ def test_layers_match_torch_forward_and_masks():
 
 
 def test_mask_pack_round_trip():
-    from graphscale.memory.layers import pack_mask, unpack_mask
+    from graphscale.memory.compressed_layers import pack_mask, unpack_mask
     for shape in [(1,), (7,), (3, 5), (13, 37)]:
         m = torch.rand(shape) > 0.5
         p = pack_mask(m)
@@ -514,7 +514,7 @@ def test_sage_conv_linear_before_aggregation(aggr):
     # (float64, edge_index and sparse adjacency), with nothing stored for the neighbour Linear in the
     # first layer (its input is the step input, kept by reference) and one shared copy after.
     from torch_geometric.nn import SAGEConv
-    from graphscale.memory.layers import QSAGEConv
+    from graphscale.memory.compressed_layers import QSAGEConv
     torch.manual_seed(0)
     n, d_in, d_out = 211, 97, 13
     ei = torch.randint(0, n, (2, 1500))

@@ -261,7 +261,7 @@ def test_bad_inputs_have_clear_errors():
 
 
 def test_revgnn_model_matches_disabled_and_registry_builds_all():
-    from graphscale.nn.deep_models import RevGNN
+    from graphscale.nn.models import RevGNN
     from graphscale.train.build import DatasetInfo, build_model
     from graphscale.train.config import load_config
 

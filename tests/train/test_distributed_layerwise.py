@@ -50,7 +50,7 @@ def _args(name, root, out, ctrl):
 
 def _controller(path):
     """A controller file that stops a layer at its first decision (P(stop) ~ 1): epoch 2 of 5."""
-    from graphscale.train.l2o import NUM_FEATURES, StopController, save_controller
+    from graphscale.train.l2gcn_controller import NUM_FEATURES, StopController, save_controller
     torch.manual_seed(0)
     ctrl = StopController(NUM_FEATURES, 8)
     torch.nn.init.constant_(ctrl.decoder.bias, 10.0)

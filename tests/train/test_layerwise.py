@@ -11,10 +11,10 @@ from torch_geometric.nn import GCNConv
 
 from graphscale.errors import ConfigError, DataError
 from graphscale.memory.accounting import count_saved_bytes
-from graphscale.sampling.layerwise import aggregate, gcn_adjacency
+from graphscale.sampling.propagation import aggregate, gcn_adjacency
 from graphscale.train import layerwise as lw
 from graphscale.train.config import load_config
-from graphscale.train.l2o import (NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller,
+from graphscale.train.l2gcn_controller import (NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller,
                                   train_controller)
 from graphscale.train.layerwise import FixedEpochs, LayerSettings, LayerwiseGCN, gcn_episode, train_layer
 from graphscale.train.metrics import loss_fn
@@ -233,6 +233,6 @@ def test_trainer_l2o_trains_saves_and_reuses_a_controller(syn_root, tmp_path):
 
 
 def test_trainer_rejects_features_that_do_not_fit(syn_root, tmp_path, monkeypatch):
-    monkeypatch.setattr("graphscale.sampling.layerwise._available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr("graphscale.sampling.feature_store._available_memory_bytes", lambda: 1000)
     with pytest.raises(DataError, match="use storage='mmap'"):
         train(_cfg(syn_root, tmp_path / "o"))

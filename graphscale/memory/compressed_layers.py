@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphscale.memory.accounting import report_ctx
+from graphscale.saved_bytes import report_ctx
 from graphscale.memory.hooks import SharedQuantized, _finite, _keep_leaf
 from graphscale.memory.quantize import CompressionConfig, check_dropout_mask, hash_mask, pack_codes, unpack_codes
 

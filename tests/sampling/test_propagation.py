@@ -9,8 +9,8 @@ import torch
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from graphscale.errors import ConfigError, DataError
-from graphscale.sampling.layerwise import (FeatureStore, aggregate, gcn_adjacency, layerwise_inference, map_rows,
-                                           node_batches, propagate)
+from graphscale.sampling.feature_store import FeatureStore, map_rows, node_batches
+from graphscale.sampling.propagation import aggregate, gcn_adjacency, layerwise_inference, propagate
 
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 

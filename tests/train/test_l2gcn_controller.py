@@ -1,12 +1,12 @@
 """L2-GCN controller: median-stopping-time deployment, learned mean-P(stop) threshold, warm-up stops, and the direction of the
-REINFORCE trade-off between final loss and epochs (graphscale.train.l2o)."""
+REINFORCE trade-off between final loss and epochs (graphscale.train.l2gcn_controller)."""
 import math
 
 import pytest
 import torch
 
 from graphscale.errors import ConfigError
-from graphscale.train.l2o import (NUM_FEATURES, VERSION, StopController, StopPolicy, load_controller,
+from graphscale.train.l2gcn_controller import (NUM_FEATURES, VERSION, StopController, StopPolicy, load_controller,
                                   save_controller, train_controller)
 
 

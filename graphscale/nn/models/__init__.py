@@ -1,0 +1,8 @@
+"""Whole models from the papers graphscale reproduces. Every model takes ``(x, edge_index,
+edge_attr=None)`` and returns ``[N, out_channels]`` logits (the trainer's interface)."""
+from graphscale.nn.models.deepergcn import DeeperGCN, make_norm
+from graphscale.nn.models.deq_gnn import DEQGNN
+from graphscale.nn.models.gcn import GCN
+from graphscale.nn.models.revgnn import GENBlock, RevGNN
+
+__all__ = ["GCN", "DeeperGCN", "make_norm", "GENBlock", "RevGNN", "DEQGNN"]
