@@ -21,3 +21,11 @@ def shared_data() -> pathlib.Path:
         pytest.skip(f"real data sets not found at {SHARED_DATA} (set GRAPHSCALE_SHARED_DATA or check out "
                     f"../shared beside the repository)")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that reads the real data sets carries the needs_data marker, so that
+    # `pytest -m "not needs_data"` runs the suite of a checkout without ../shared/data.
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)

@@ -25,13 +25,28 @@ class DatasetInfo:
 
 
 MODELS: dict[str, Callable[[ModelConfig, DatasetInfo], nn.Module]] = {}
+MODEL_KEYS: dict[str, tuple[str, ...]] = {}
+# Keys every model reads besides its own: none (name is read by the registry itself).
+_SOFTMAX_ONLY = ("t", "learn_t")
 
 
-def register_model(name: str):
+def register_model(name: str, keys: tuple[str, ...]):
+    """Register ``fn(cfg: ModelConfig, info) -> nn.Module`` under ``name``; ``keys`` are the
+    ``model.*`` keys it reads (graphscale.train.schema rejects any other key set explicitly)."""
     def deco(fn):
         MODELS[name] = fn
+        MODEL_KEYS[name] = tuple(keys)
         return fn
     return deco
+
+
+def model_keys(name: str, aggr: str | None = None) -> tuple[str, ...]:
+    """The ``model.*`` keys model ``name`` reads (``t`` / ``learn_t`` only when ``aggr`` is softmax,
+    if ``aggr`` is given)."""
+    keys = MODEL_KEYS.get(name, ())
+    if aggr is not None and aggr != "softmax":
+        keys = tuple(k for k in keys if k not in _SOFTMAX_ONLY)
+    return keys
 
 
 def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
@@ -40,7 +55,8 @@ def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     return MODELS[cfg.name](cfg, info)
 
 
-@register_model("deepergcn")
+@register_model("deepergcn", keys=("hidden_channels", "num_layers", "dropout", "aggr", "t", "learn_t",
+                                       "mlp_layers", "norm", "block", "conv"))
 def _deepergcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import DeeperGCN
     return DeeperGCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
@@ -49,10 +65,18 @@ def _deepergcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
                      conv=cfg.conv)
 
 
-@register_model("gcn")
+@register_model("gcn", keys=("hidden_channels", "num_layers", "dropout"))
 def _gcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import GCN
     return GCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, cfg.dropout)
+
+
+@register_model("lgcn", keys=("hidden_channels", "num_layers", "dropout"))
+def _lgcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    # L-GCN's network (You et al., CVPR 2020); train.mode=layerwise trains it layer by layer, the
+    # standard mode end to end (the same composed GCN).
+    from graphscale.nn.models import LayerwiseGCN
+    return LayerwiseGCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, cfg.dropout)
 
 
 def _revgnn(cfg: ModelConfig, info: DatasetInfo, weight_tied: bool) -> nn.Module:
@@ -62,17 +86,21 @@ def _revgnn(cfg: ModelConfig, info: DatasetInfo, weight_tied: bool) -> nn.Module
                   t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, weight_tied=weight_tied)
 
 
-@register_model("revgnn")
+_REVGNN_KEYS = ("hidden_channels", "num_layers", "dropout", "aggr", "t", "learn_t", "mlp_layers", "num_groups")
+
+
+@register_model("revgnn", keys=_REVGNN_KEYS)
 def _revgnn_untied(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     return _revgnn(cfg, info, weight_tied=False)
 
 
-@register_model("wt-revgnn")
+@register_model("wt-revgnn", keys=_REVGNN_KEYS)
 def _revgnn_tied(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     return _revgnn(cfg, info, weight_tied=True)
 
 
-@register_model("deq-gnn")
+@register_model("deq-gnn", keys=("hidden_channels", "dropout", "aggr", "t", "learn_t", "mlp_layers", "solver",
+                                  "max_iter", "tol"))
 def _deq_gnn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import DEQGNN
     return DEQGNN(info.num_features, cfg.hidden_channels, info.num_outputs, edge_dim=info.edge_dim,
@@ -84,13 +112,21 @@ def _deq_gnn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
 # Samplers: fn(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir) -> sampler with
 # len(sampler) steps per epoch and sampler.epoch(epoch) -> Iterator[Subgraph].
 SAMPLERS: dict[str, Callable] = {}
+SAMPLER_KEYS: dict[str, tuple[str, ...]] = {}
 
 
-def register_sampler(name: str):
+def register_sampler(name: str, keys: tuple[str, ...]):
+    """Register a sampler builder; ``keys`` are the ``sampler.*`` keys it reads besides ``name``
+    (the evaluation keys belong to the trainer)."""
     def deco(fn):
         SAMPLERS[name] = fn
+        SAMPLER_KEYS[name] = tuple(keys)
         return fn
     return deco
+
+
+def sampler_keys(name: str) -> tuple[str, ...]:
+    return SAMPLER_KEYS.get(name, ())
 
 
 def build_sampler(cfg: SamplerConfig, edge_index, num_nodes: int, seed: int, cache_dir: str | None = None,
@@ -103,19 +139,20 @@ def build_sampler(cfg: SamplerConfig, edge_index, num_nodes: int, seed: int, cac
     return SAMPLERS[cfg.name](cfg, edge_index, num_nodes, seed, cache_dir, **extra)
 
 
-@register_sampler("full")
+@register_sampler("full", keys=())
 def _full(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, **_):
     from graphscale.sampling.samplers import FullGraphSampler
     return FullGraphSampler(edge_index, num_nodes)
 
 
-@register_sampler("random")
+@register_sampler("random", keys=("num_parts",))
 def _random(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, **_):
     from graphscale.sampling.samplers import PartitionSampler
     return PartitionSampler(edge_index, num_nodes, cfg.num_parts, seed, partitioner="random")
 
 
-@register_sampler("cluster")
+@register_sampler("cluster", keys=("num_parts", "clusters_per_batch", "partitioner", "diag_lambda",
+                                    "imbalance", "vertex_weight", "cache_dir"))
 def _cluster(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, train_mask=None):
     from graphscale.sampling.cluster import build_cluster_sampler
     return build_cluster_sampler(edge_index, num_nodes, num_parts=cfg.num_parts,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class SamplerConfig:
 class ModelConfig:
     """The network. ``name`` picks from the model registry in :mod:`graphscale.train.build`."""
 
-    name: str = _choice("deepergcn", "deepergcn", "gcn", "revgnn", "wt-revgnn", "deq-gnn",
+    name: str = _choice("deepergcn", "deepergcn", "gcn", "lgcn", "revgnn", "wt-revgnn", "deq-gnn",
                         doc="model from the registry")
     hidden_channels: int = _doc(64, "width of every hidden layer")
     num_layers: int = _doc(7, "number of graph convolutions")
@@ -206,43 +207,45 @@ def _coerce(path: str, value: Any, tp, f: dataclasses.Field | None) -> Any:
                 return _coerce(path, value, arg, f)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{path}: got {value!r}")
+        raise ConfigError(errors[0] if errors else f"{path}: got {value!r}", key=path)
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})", key=path)
         return [_coerce(f"{path}[{i}]", v, item_tp, None) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}", key=path)
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{path}: expected true or false, got {value!r} ({type(value).__name__})", key=path)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and value.is_integer():  # `num_nodes: 1e6` is written as a float
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r} ({type(value).__name__})", key=path)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{path}: expected a number, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{path}: expected a number, got {value!r} ({type(value).__name__})", key=path)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{path}: expected a string, got {value!r} ({type(value).__name__})", key=path)
         choices = (f.metadata.get("choices") if f is not None else None) or ()
         if choices and value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}"
-                              f"{_did_you_mean(value, choices)}")
+                              f"{_did_you_mean(value, choices)}", key=path)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping (section), got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping (section), got {value!r}", key=path)
         return _build(tp, value, path)
-    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}")
+    raise ConfigError(f"{path}: unsupported field type {_type_name(tp)}", key=path)
 
 
 def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
@@ -258,24 +261,63 @@ def _build(cls, mapping: dict, prefix: str = ""):
         if key not in fields:
             where = f"section '{prefix}'" if prefix else "the config"
             raise ConfigError(f"unknown key '{path}' in {where}{_did_you_mean(str(key), fields)}; "
-                              f"valid keys: {', '.join(fields)}")
+                              f"valid keys: {', '.join(fields)}", key=path)
         f, tp = fields[key]
         kwargs[key] = _coerce(path, value, tp, f)
     obj = cls(**kwargs)
     return obj
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax: YAML 1.1 (PyYAML's) reads ``1e-3`` and
+    ``5E-4`` as strings because they lack a dot, though every ML config writes learning rates so."""
+
+
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X)
+# Added after PyYAML's own resolvers, so integers (``1_000``) stay integers: resolvers are tried in order.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)
+
+
 def from_dict(mapping: dict | None) -> Config:
-    """Build a :class:`Config` from a nested mapping (as read from YAML)."""
+    """Build a :class:`Config` from a nested mapping (as read from YAML). Every key in ``mapping``
+    counts as explicitly set (:func:`explicit_keys`)."""
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(mapping).__name__}")
-    return _build(Config, mapping)
+    cfg = _build(Config, mapping)
+    object.__setattr__(cfg, "_sources", {k: "" for k in _flatten(mapping)})
+    return cfg
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def explicit_keys(cfg: Config) -> dict[str, str]:
+    """``{dotted key: where it was set}`` for the keys a file or override set explicitly (``""`` when
+    the config came from a mapping); empty for a :class:`Config` built in code. Keys left at their
+    defaults are not in it: the per-component check (:mod:`graphscale.train.schema`) only rejects
+    explicitly set keys that the chosen components do not use."""
+    return dict(getattr(cfg, "_sources", {}))
+
+
+def _flatten(mapping, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in (mapping or {}).items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and not prefix:  # a section: its keys are the config keys
+            out += _flatten(v, path + ".")
+        else:
+            out.append(path)
+    return out
 
 
 def _set_path(mapping: dict, dotted: str, raw: str) -> None:
@@ -289,7 +331,7 @@ def _set_path(mapping: dict, dotted: str, raw: str) -> None:
             raise ConfigError(f"override {dotted!r}: '{p}' is a value, not a section")
         node = child
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {dotted}={raw!r}: not a valid value ({exc})") from None
     node[parts[-1]] = value
@@ -314,26 +356,83 @@ def _deepcopy(m):
     return m
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
-    mapping: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        with open(path) as fh:
-            try:
-                mapping = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(mapping, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    if overrides:
-        mapping = apply_overrides(mapping, overrides)
+def _key_lines(text: str) -> dict[str, int]:
+    """1-based line of every ``section.key`` (and section) in a YAML text, from PyYAML's node tree."""
+    lines: dict[str, int] = {}
+    root = yaml.compose(text, Loader=_Loader)
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for knode, vnode in root.value:
+        section = str(knode.value)
+        lines[section] = knode.start_mark.line + 1
+        if isinstance(vnode, yaml.MappingNode):
+            for k2, _ in vnode.value:
+                lines[f"{section}.{k2.value}"] = k2.start_mark.line + 1
+    return lines
+
+
+def _read_yaml(path) -> tuple[dict, dict[str, str]]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        return from_dict(mapping)
+        with open(path) as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        mapping = _yaml_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if mapping is None:
+        raise ConfigError(f"{path}: the file holds no settings (empty); to run on the defaults, leave the "
+                          f"config file out (graphscale train key=value ...)")
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, train:, ...), "
+                          f"got {type(mapping).__name__}")
+    return mapping, {k: f"{path}:{line}" for k, line in lines.items()}
+
+
+def _source_of(key: str | None, sources: dict[str, str]) -> str:
+    if key and not sources.get(key):  # a bad section name: where its first key was set
+        inner = [v for k, v in sources.items() if k.startswith(key + ".") and v]
+        if inner:
+            return inner[0]
+    while key:
+        if sources.get(key):
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return ""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides.
+
+    An error names where the bad value came from: ``FILE:LINE`` for a key in the file, the override
+    itself for one given on the command line (which wins over the file)."""
+    mapping: dict = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        mapping, sources = _read_yaml(path)
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        sources[key] = f"command-line override {item!r}"
+    try:
+        if overrides:
+            mapping = apply_overrides(mapping, overrides)
+        cfg = from_dict(mapping)
     except ConfigError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{exc}") from None
+        where = _source_of(exc.key, sources) or (str(path) if path is not None else "")
+        raise ConfigError(f"{where}: {exc}" if where else str(exc), key=exc.key) from None
+    object.__setattr__(cfg, "_sources", {k: sources.get(k, "") or _source_of(k, sources)
+                                         for k in _flatten(mapping)})
+    return cfg
+
+
+def where(cfg: Config, key: str) -> str:
+    """``" (FILE:LINE)"`` or ``" (command-line override ...)"`` for an explicitly set key, else ``""``."""
+    src = explicit_keys(cfg).get(key, "")
+    return f" ({src})" if src else ""
 
 
 def describe() -> str:

@@ -19,115 +19,31 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
-import math
 import os
-import resource
 import sys
 import time
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from graphscale.data import SyntheticSpec, load_dataset
-from graphscale.data.datasets import NodeDataset
 from graphscale.errors import ConfigError, TrainingError
 from graphscale.sampling.partition import check_num_parts, partition
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
 from graphscale.train import distributed
 from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler
-from graphscale.atomic import load_torch, save_json, save_text, save_torch
-from graphscale.train.config import Config, to_dict
+from graphscale.train.config import Config
 from graphscale.train.metrics import Metric, loss_fn
-
-CHECKPOINT, BEST, RESULTS, LOG, CONFIG = "checkpoint.pt", "best_model.pt", "results.json", "log.jsonl", "config.yaml"
-
-
-def check_config(cfg: Config) -> None:
-    """Cheap range checks, before any data is loaded."""
-    t, s, m = cfg.train, cfg.sampler, cfg.model
-    checks = [
-        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
-        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
-        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
-        (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}"),
-        (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
-        (t.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {t.checkpoint_every}"),
-        (t.patience >= 0, f"train.patience must be >= 0, got {t.patience}"),
-        (t.grad_accum >= 1, f"train.grad_accum must be >= 1, got {t.grad_accum}"),
-        (t.dist_timeout > 0, f"train.dist_timeout must be > 0 seconds, got {t.dist_timeout}"),
-        (s.num_parts >= 1, f"sampler.num_parts must be >= 1, got {s.num_parts}"),
-        (s.eval_parts >= 1, f"sampler.eval_parts must be >= 1, got {s.eval_parts}"),
-        (s.eval_views >= 1, f"sampler.eval_views must be >= 1, got {s.eval_views}"),
-        (m.num_layers >= 1, f"model.num_layers must be >= 1, got {m.num_layers}"),
-        (m.hidden_channels >= 1, f"model.hidden_channels must be >= 1, got {m.hidden_channels}"),
-        (0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    resolve_device(t.device)
+from graphscale.train.run import Run, load_data, new_best
 
 
-def check_output_folder(cfg: Config, resume: bool, dist) -> None:
-    """Refuse to overwrite or to resume what is not there; under DDP every rank also checks that all
-    ranks were given the same config, and all stop together before rank 0 writes anything."""
-    ckpt = os.path.join(cfg.log.out, CHECKPOINT)
-    error = None
-    if resume and not os.path.isfile(ckpt):
-        error = f"--resume: no checkpoint at {ckpt!r}"
-    if not resume and os.path.isfile(ckpt):
-        error = (f"{cfg.log.out!r} already holds a checkpoint: pass --resume to continue it, "
-                 f"or choose another output folder (--out / log.out=...)")
-    if dist:
-        distributed.check_same_config(to_dict(cfg))
-        distributed.agree(error)
-    elif error:
-        raise ConfigError(error)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def load_data(cfg: Config) -> NodeDataset:
-    d = cfg.data
-    spec = SyntheticSpec(num_nodes=d.num_nodes, avg_degree=d.avg_degree, num_communities=d.num_communities,
-                         num_features=d.num_features, num_classes=d.num_classes, seed=d.seed,
-                         p_intra=d.p_intra, feature_noise=d.feature_noise)
-    return load_dataset(d.name, os.path.expanduser(d.root), synthetic=spec, node_feat_aggr=d.node_feat_aggr)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, path + ".")
-        elif va != vb:
-            out.append(f"{path}: {va!r} -> {vb!r}")
-    return out
+def epoch_line(epoch: int, epochs: int, row: dict, metric: str, best: dict, seconds: float) -> str:
+    """One plain line per epoch, printed when progress bars are off (``log.progress=false``)."""
+    parts = [f"epoch {epoch}/{epochs}", f"loss {row['loss']:.4f}"]
+    if f"valid_{metric}" in row:
+        parts.append(f"valid {metric} {row[f'valid_{metric}']:.4f} (best {best['valid']:.4f} at epoch {best['epoch']})")
+    parts.append(f"{seconds:.1f} s")
+    return "  ".join(parts)
 
 
 class Trainer:
@@ -140,20 +56,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: bool = False):
-        check_config(cfg)
         self.cfg, self.resume = cfg, resume
-        self.out = cfg.log.out
-        # Under torchrun: join the process group (None in a 1-process job; docs/distributed.md).
-        self.dist = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
-        self.rank, self.world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
-        self.is_main = self.rank == 0
-        try:
-            self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
-            check_output_folder(cfg, resume, self.dist)
-        except BaseException:
-            if self.dist:
-                self.dist.destroy()
-            raise
+        self.run_ctx = run = Run(cfg, resume)
+        self.rank, self.world_size, self.is_main = run.rank, run.world_size, run.is_main
+        self.device, self.dir, self.out = run.device, run.dir, cfg.log.out
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -188,10 +94,10 @@ class Trainer:
             raise ConfigError(f"sampler.diag_lambda={cfg.sampler.diag_lambda} gives the model edge weights, but "
                               f"model.name={cfg.model.name!r} takes none; use model.name=gcn or diag_lambda=null")
         self.train_model, self.comm = self.model, None
-        if self.dist:
+        if self.run_ctx.dist:
             t = cfg.train
             self.train_model, self.comm = distributed.wrap_model(
-                self.model, self.dist, static_graph=t.ddp_static_graph, find_unused=t.ddp_find_unused,
+                self.model, self.run_ctx.dist, static_graph=t.ddp_static_graph, find_unused=t.ddp_find_unused,
                 comm_hook=t.comm_hook, powersgd_rank=t.powersgd_rank, powersgd_start_iter=t.powersgd_start_iter,
                 seed=t.seed)
         self.metric = Metric(data.metric, data.task, data.evaluator)
@@ -291,14 +197,12 @@ class Trainer:
             scores[key] = self.metric(self.y[idx], logits[idx]) if idx.numel() else float("nan")
         return distributed.broadcast_object(scores)  # rank 0's, so best-model / early-stop decisions agree
 
-    # ------------------------------------------------------------------ files
-    def _state(self, epoch: int, history: list, best: dict, elapsed: float, bad_evals: int) -> dict:
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, history: list, best: dict, elapsed: float, bad_evals: int, finished: bool) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "history": history, "best": best, "elapsed": elapsed, "bad_evals": bad_evals,
-                "config": to_dict(self.cfg)}
-
-    def _write_log(self, history: list) -> None:
-        save_text("".join(json.dumps(row) + "\n" for row in history), os.path.join(self.out, LOG))
+                "config": self.run_ctx.resolved, "finished": finished,
+                "peak_memory_bytes": self.run_ctx.peak_memory(self._ckpt)}
 
     def _comm_state(self) -> dict | None:
         """Every rank's communication-hook state (error-feedback residuals differ per rank), gathered
@@ -324,105 +228,91 @@ class Trainer:
         try:
             return self._run()
         finally:
-            if self.dist:
-                self.dist.destroy()
+            self.run_ctx.close()
 
     def _run(self) -> dict:
-        cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
-        resolved = to_dict(cfg)
-        start_epoch, history, elapsed, bad_evals = 1, [], 0.0, 0
-        best = {"valid": -math.inf, "test": float("nan"), "train": float("nan"), "epoch": 0}
-        ckpt = None
-        if self.resume:
-            ckpt = load_torch(os.path.join(self.out, CHECKPOINT))
-            diff = _config_diff({k: v for k, v in ckpt["config"].items() if k != "log"},
-                                {k: v for k, v in resolved.items() if k != "log"})
-            diff = [d for d in diff if not d.startswith("train.epochs:")]  # extending a run is fine
-            if diff:
-                raise ConfigError("--resume with a different config than the checkpoint's: " + "; ".join(diff))
-        if self.is_main:  # only rank 0 writes files (DESIGN rule 11)
-            save_text(yaml.safe_dump(resolved, sort_keys=False), os.path.join(self.out, CONFIG))
-
-        self._setup()
+        self._ckpt = ckpt = self.dir.resume_state(self.run_ctx.resolved) if self.resume else None
         if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
-            elapsed, bad_evals = ckpt["elapsed"], ckpt["bad_evals"]
-            self._load_comm_state(ckpt.get("comm_state"))
-            if self.is_main:
-                self._write_log(history)  # drop rows of epochs the killed run did not checkpoint
+            done = self.dir.finished_results(ckpt)
+            if done is not None and ckpt["epoch"] >= self.cfg.train.epochs:
+                self.run_ctx.say(f"the run in {self.out} already finished ({ckpt['epoch']} epochs); nothing to do")
+                return done
+        self.dir.write_config(self.run_ctx.resolved)
+        self._setup()
+        loop = {"start": 1, "history": [], "best": new_best(), "elapsed": 0.0, "bad_evals": 0}
+        if ckpt is not None:
+            self._restore(ckpt, loop)
+        history = self._loop(loop)
+        return self._finish(history, loop)
 
-        t, metric = cfg.train, self.data.metric
-        bar = tqdm(range(start_epoch, t.epochs + 1), initial=start_epoch - 1, total=t.epochs, desc="train",
-                   disable=not cfg.log.progress or not self.is_main)
+    def _restore(self, ckpt: dict, loop: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        loop.update(start=ckpt["epoch"] + 1, history=ckpt["history"], best=ckpt["best"], elapsed=ckpt["elapsed"],
+                    bad_evals=ckpt["bad_evals"])
+        self._load_comm_state(ckpt.get("comm_state"))
+        self.dir.write_log(loop["history"])  # drop rows of epochs the killed run did not checkpoint
+
+    def _loop(self, loop: dict) -> list:
+        t, metric, history = self.cfg.train, self.data.metric, loop["history"]
+        bars = self.cfg.log.progress
+        bar = tqdm(range(loop["start"], t.epochs + 1), initial=loop["start"] - 1, total=t.epochs, desc="train",
+                   disable=not bars or not self.is_main)
         for epoch in bar:
             t0 = time.perf_counter()
             torch.manual_seed(epoch_seed(t.seed, epoch) + self.rank)  # dropout of this epoch (and rank), resume-safe
-            loss = self._train_epoch(epoch)
-            row = {"epoch": epoch, "loss": loss}
+            row = {"epoch": epoch, "loss": self._train_epoch(epoch)}
             stats = getattr(self.model, "stats", None)  # DEQ models: last training solve's convergence
             if isinstance(stats, dict) and stats:
                 row["solver"] = {k: (v if isinstance(v, (bool, int)) else float(v)) for k, v in stats.items()}
             if epoch % t.eval_every == 0 or epoch == t.epochs:
-                scores = self.evaluate()
-                row.update({f"{k}_{metric}": v for k, v in scores.items()})
-                if scores["valid"] > best["valid"]:
-                    best = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"],
-                            "epoch": epoch}
-                    if self.is_main:
-                        save_torch(self.model.state_dict(), os.path.join(self.out, BEST))
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-                bar.set_postfix(loss=f"{loss:.4f}", valid=f"{scores['valid']:.4f}", best=f"{best['valid']:.4f}")
-            elapsed += time.perf_counter() - t0
-            row["seconds"] = elapsed
+                self._score(epoch, row, loop)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", valid=f"{row[f'valid_{metric}']:.4f}",
+                                best=f"{loop['best']['valid']:.4f}")
+            loop["elapsed"] += time.perf_counter() - t0
+            row["seconds"] = loop["elapsed"]
             history.append(row)
-            if self.is_main:
-                with open(os.path.join(self.out, LOG), "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            stop = t.patience > 0 and bad_evals >= t.patience
-            if epoch % t.checkpoint_every == 0 or epoch == t.epochs or stop:
-                comm = self._comm_state()  # collective: gathers every rank's hook state on rank 0
-                if self.is_main:
-                    state = self._state(epoch, history, best, elapsed, bad_evals)
-                    if comm is not None:
-                        state["comm_state"] = comm
-                    save_torch(state, os.path.join(self.out, CHECKPOINT))
+            self.dir.append_log(row)
+            if not bars and self.is_main:
+                print(epoch_line(epoch, t.epochs, row, metric, loop["best"], loop["elapsed"]), flush=True)
+            stop = t.patience > 0 and loop["bad_evals"] >= t.patience
+            last = epoch == t.epochs or stop
+            if epoch % t.checkpoint_every == 0 or last:
+                self._checkpoint(epoch, loop, finished=last)
             if stop:
                 break
         bar.close()
+        return history
 
-        results = {
-            "dataset": self.data.name,
-            "metric": metric,
-            "best_valid": best["valid"],
-            "test_at_best_valid": best["test"],
-            "train_at_best_valid": best["train"],
-            "best_epoch": best["epoch"],
-            "epochs": history[-1]["epoch"] if history else 0,
-            "seconds": elapsed,
-            "peak_memory_bytes": peak_memory_bytes(self.device),
-            "device": str(self.device),
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "config": resolved,
-        }
-        if self.dist:  # rank 0's own device, memory and communication counters
-            results["distributed"] = {"world_size": self.world_size, "backend": self.dist.backend,
+    def _score(self, epoch: int, row: dict, loop: dict) -> None:
+        scores = self.evaluate()
+        row.update({f"{k}_{self.data.metric}": v for k, v in scores.items()})
+        if scores["valid"] > loop["best"]["valid"]:
+            loop["best"] = {"valid": scores["valid"], "test": scores["test"], "train": scores["train"], "epoch": epoch}
+            self.dir.save_best(self.model.state_dict())
+            loop["bad_evals"] = 0
+        else:
+            loop["bad_evals"] += 1
+
+    def _checkpoint(self, epoch: int, loop: dict, finished: bool) -> None:
+        comm = self._comm_state()  # collective: gathers every rank's hook state on rank 0
+        if self.is_main:
+            state = self._state(epoch, loop["history"], loop["best"], loop["elapsed"], loop["bad_evals"], finished)
+            if comm is not None:
+                state["comm_state"] = comm
+            self.dir.save_checkpoint(state)
+
+    def _finish(self, history: list, loop: dict) -> dict:
+        t, run = self.cfg.train, self.run_ctx
+        results = run.results(self.data.name, self.data.metric, loop["best"], history[-1]["epoch"] if history else 0,
+                              loop["elapsed"], self.model, run.peak_memory(self._ckpt))
+        if run.dist:  # rank 0's own device, memory and communication counters
+            results["distributed"] = {"world_size": self.world_size, "backend": run.dist.backend,
                                       "grad_accum": t.grad_accum, "comm_hook": t.comm_hook,
                                       "allreduce_bytes_per_step": distributed.grad_bytes(self.model)}
             if self.comm is not None:
                 results["distributed"].update(self.comm.stats.as_dict())
-        if self.is_main:
-            save_json(results, os.path.join(self.out, RESULTS))
+        self.dir.write_results(results)
         return results
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train from a resolved config; see :class:`Trainer`."""
-    if cfg.train.mode == "layerwise":  # L-GCN / L2-GCN: graphscale.train.layerwise
-        from graphscale.train.layerwise import train_layerwise
-        return train_layerwise(cfg, resume=resume)
-    return Trainer(cfg, resume=resume).run()

@@ -60,7 +60,7 @@ def _controller(path):
 def test_layerwise_two_processes_equal_one_process(tmp_path):
     from graphscale.train.config import load_config
     from graphscale.train.distributed import torchrun_command
-    from graphscale.train.trainer import train
+    from graphscale.train.api import train
     root, ctrl = str(tmp_path / "data"), str(tmp_path / "ctrl.pt")
     _controller(ctrl)
     cmd = torchrun_command(2, [HERE], ["layerwise", root, str(tmp_path / "two"), ctrl], monitor_interval=0.1)

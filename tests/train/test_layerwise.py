@@ -16,9 +16,10 @@ from graphscale.train import layerwise as lw
 from graphscale.train.config import load_config
 from graphscale.train.l2gcn_controller import (NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller,
                                   train_controller)
-from graphscale.train.layerwise import FixedEpochs, LayerSettings, LayerwiseGCN, gcn_episode, train_layer
+from graphscale.nn.models import LayerwiseGCN
+from graphscale.train.layerwise import FixedEpochs, LayerSettings, gcn_episode, train_layer
 from graphscale.train.metrics import loss_fn
-from graphscale.train.trainer import train
+from graphscale.train.api import train
 
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 CE = loss_fn("multiclass")

@@ -11,9 +11,9 @@ from torch import nn
 
 from graphscale.cli import main
 from graphscale.errors import ConfigError, TrainingError
-from graphscale.train.build import MODELS
+from graphscale.train.build import MODEL_KEYS, MODELS
 from graphscale.train.config import load_config
-from graphscale.train.trainer import train
+from graphscale.train.api import train
 
 TINY = ["data.name=synthetic-proteins", "data.num_nodes=600", "data.avg_degree=8", "data.num_communities=12",
         "model.hidden_channels=8", "model.num_layers=2", "sampler.num_parts=3", "train.epochs=3",
@@ -25,8 +25,9 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
 
 
-def _cfg(data_root, out, *extra):
-    return load_config(None, TINY + [f"data.root={data_root}", f"log.out={out}", *extra])
+def _cfg(data_root, out, *extra, drop=()):
+    base = [o for o in TINY if o.split("=")[0] not in drop]  # keys the chosen components do not read
+    return load_config(None, base + [f"data.root={data_root}", f"log.out={out}", *extra])
 
 
 def test_trains_and_writes_results(data_root, tmp_path):
@@ -44,8 +45,8 @@ def test_trains_and_writes_results(data_root, tmp_path):
 
 def test_same_seed_same_run_full_batch_and_multiview(data_root, tmp_path):
     extra = ["sampler.name=full", "sampler.eval_name=random", "sampler.eval_parts=2", "sampler.eval_views=2"]
-    a = train(_cfg(data_root, tmp_path / "a", *extra))
-    b = train(_cfg(data_root, tmp_path / "b", *extra))
+    a = train(_cfg(data_root, tmp_path / "a", *extra, drop=("sampler.num_parts",)))
+    b = train(_cfg(data_root, tmp_path / "b", *extra, drop=("sampler.num_parts",)))
     assert a["best_valid"] == b["best_valid"] and a["test_at_best_valid"] == b["test_at_best_valid"]
 
 
@@ -81,6 +82,7 @@ class _NaNModel(nn.Module):
 
 def test_nan_loss_is_a_clear_error(data_root, tmp_path, monkeypatch):
     monkeypatch.setitem(MODELS, "nan-test", lambda cfg, info: _NaNModel(info.num_outputs))
+    monkeypatch.setitem(MODEL_KEYS, "nan-test", ("hidden_channels", "num_layers"))
     cfg = _cfg(data_root, tmp_path / "n")
     object.__setattr__(cfg.model, "name", "nan-test")
     with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 0"):
@@ -98,25 +100,18 @@ def _rows(out):
 
 
 def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path):
-    args = TINY + [f"data.root={data_root}", "train.epochs=25", "data.num_nodes=1500", "model.hidden_channels=16",
+    args = TINY + [f"data.root={data_root}", "train.epochs=8", "data.num_nodes=1500", "model.hidden_channels=16",
                    "model.num_layers=3"]
     cmd = [sys.executable, "-m", "graphscale", "train", *args]
     ref = str(tmp_path / "ref")
     subprocess.run(cmd + ["--out", ref], check=True, capture_output=True, timeout=600)
 
     out = str(tmp_path / "killed")
-    proc = subprocess.Popen(cmd + ["--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = os.path.join(out, "log.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if os.path.exists(log) and len(open(log).read().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(os.path.join(out, "results.json")), "run finished before it was killed"
-    killed_at = len(_rows(out))
-    assert killed_at < 25
+    killer = [sys.executable, os.path.join(os.path.dirname(__file__), "kill_at_epoch.py"), "4", *args, "--out", out]
+    proc = subprocess.run(killer, capture_output=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "results.json"))
+    assert [r["epoch"] for r in _rows(out)] == [1, 2, 3]  # killed as epoch 4 began
 
     subprocess.run(cmd + ["--out", out, "--resume"], check=True, capture_output=True, timeout=600)
     a = json.load(open(os.path.join(ref, "results.json")))
@@ -145,7 +140,7 @@ def test_diag_lambda_needs_a_model_taking_edge_weights(data_root, tmp_path):
 
 
 def test_deq_convergence_statistics_are_logged(data_root, tmp_path):
-    train(_cfg(data_root, tmp_path / "deq", "model.name=deq-gnn", "train.epochs=1"))
+    train(_cfg(data_root, tmp_path / "deq", "model.name=deq-gnn", "train.epochs=1", drop=("model.num_layers",)))
     (row,) = _rows(tmp_path / "deq")
     assert row["solver"]["forward_iterations"] >= 1 and row["solver"]["backward_iterations"] >= 1
     assert row["solver"]["forward_residual"] >= 0.0

@@ -3,6 +3,7 @@ edge_attr=None)`` and returns ``[N, out_channels]`` logits (the trainer's interf
 from graphscale.nn.models.deepergcn import DeeperGCN, make_norm
 from graphscale.nn.models.deq_gnn import DEQGNN
 from graphscale.nn.models.gcn import GCN
+from graphscale.nn.models.layerwise_gcn import LayerwiseGCN
 from graphscale.nn.models.revgnn import GENBlock, RevGNN
 
-__all__ = ["GCN", "DeeperGCN", "make_norm", "GENBlock", "RevGNN", "DEQGNN"]
+__all__ = ["GCN", "LayerwiseGCN", "DeeperGCN", "make_norm", "GENBlock", "RevGNN", "DEQGNN"]

@@ -1,0 +1,79 @@
+"""Every bad input found by the hardening review (issue 18), through the real command line.
+
+Each row runs ``python -m graphscale ...`` in a fresh process and asserts: a non-zero exit, no
+``Traceback`` on stderr, and the bad value (or file) named in the message. Rows that need a file
+prepare it in ``setup``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+TINY = ["data.name=synthetic-proteins", "data.num_nodes=300", "data.avg_degree=6", "data.num_communities=6",
+        "model.hidden_channels=8", "model.num_layers=2", "sampler.num_parts=2", "train.epochs=1",
+        "log.progress=false", "train.device=cpu"]
+
+
+def _ckpt_folder(tmp, content: bytes | None = None, obj=None):
+    out = tmp / "run"
+    out.mkdir()
+    if obj is not None:
+        torch.save(obj, out / "checkpoint.pt")
+    else:
+        (out / "checkpoint.pt").write_bytes(content)
+    return str(out)
+
+
+def _yaml(tmp, text):
+    p = tmp / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def _under_a_file(tmp):
+    f = tmp / "a-file"
+    f.write_text("x")
+    return str(f / "out")
+
+
+# (id, setup(tmp) -> argv after "graphscale", text that must appear in stderr)
+CASES = [
+    ("override-not-a-number", lambda t: ["train", *TINY, "train.lr=abc"], "'abc'"),
+    ("override-named-as-source", lambda t: ["train", _yaml(t, "train:\n  lr: 0.1\n"), "train.lr=fast"],
+     "command-line override 'train.lr=fast'"),
+    ("yaml-line-named", lambda t: ["train", _yaml(t, "train:\n  epochs: 2\n  lr: fast\n")], "c.yaml:3"),
+    ("empty-yaml", lambda t: ["train", _yaml(t, "")], "holds no settings"),
+    ("misspelt-key", lambda t: ["train", *TINY, "model.num_layer=3"], "did you mean 'num_layers'"),
+    ("unused-key", lambda t: ["train", *TINY, "model.name=deq-gnn"], "model.num_layers is set"),
+    ("nproc-0", lambda t: ["train", *TINY, "--nproc", "0"], "--nproc 0"),
+    ("nproc-negative", lambda t: ["train", *TINY, "--nproc", "-1"], "--nproc -1"),
+    ("cuda-without-cuda", lambda t: ["train", *TINY, "train.device=cuda"], "train.device='cuda'"),
+    ("resume-nothing", lambda t: ["train", *TINY, "--out", str(t / "none"), "--resume"], "no checkpoint"),
+    ("resume-truncated", lambda t: ["train", *TINY, "--out", _ckpt_folder(t, b"PK\x03\x04" + b"\0" * 20), "--resume"],
+     "checkpoint.pt is not a readable graphscale checkpoint"),
+    ("resume-zero-bytes", lambda t: ["train", *TINY, "--out", _ckpt_folder(t, b""), "--resume"], "checkpoint.pt is empty"),
+    ("resume-random", lambda t: ["train", *TINY, "--out", _ckpt_folder(t, os.urandom(999)), "--resume"],
+     "checkpoint.pt is not a readable"),
+    ("resume-empty-dict", lambda t: ["train", *TINY, "--out", _ckpt_folder(t, obj={}), "--resume"],
+     "checkpoint.pt is not a graphscale checkpoint"),
+    ("out-under-a-file", lambda t: ["train", *TINY, "--out", _under_a_file(t)], "cannot create the output folder"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_message(case, tmp_path):
+    name, setup, expected = case
+    argv = setup(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "graphscale", *argv], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=str(tmp_path))
+    assert proc.returncode != 0, (name, proc.stdout[-1000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert "weights_only=False" not in proc.stderr
