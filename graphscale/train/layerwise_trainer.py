@@ -141,6 +141,9 @@ class LayerwiseTrainer:
             self.policy = StopPolicy(ctrl, cfg.model.num_layers, t.l2o_min_epochs, t.layer_epochs,
                                      t.l2o_decision_step, t.l2o_threshold)
         self.stopper: Stopper = self.policy if self.policy is not None else FixedEpochs(t.layer_epochs)
+        self.run_ctx.say(f"{data.name}: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges; layer-wise "
+                         f"{'L2-GCN' if self.policy is not None else 'L-GCN'}, {cfg.model.num_layers} layers, features "
+                         f"in {t.storage}, on {self.device}, {self.world_size} process(es)")
 
     # ------------------------------------------------------------------ main loop
     def _run(self) -> dict:

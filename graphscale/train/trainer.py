@@ -102,6 +102,9 @@ class Trainer:
                 seed=t.seed)
         self.metric = Metric(data.metric, data.task, data.evaluator)
         self.loss = loss_fn(data.task)
+        self.run_ctx.say(f"{data.name}: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges; model "
+                         f"{cfg.model.name} ({sum(p.numel() for p in self.model.parameters()):,} parameters); "
+                         f"{len(self.sampler)} step(s) per epoch on {self.device}, {self.world_size} process(es)")
 
     # ------------------------------------------------------------------ steps
     def _forward(self, sub: Subgraph, model=None) -> torch.Tensor:
@@ -234,7 +237,9 @@ class Trainer:
         self._ckpt = ckpt = self.dir.resume_state(self.run_ctx.resolved) if self.resume else None
         if ckpt is not None:
             done = self.dir.finished_results(ckpt)
-            if done is not None and ckpt["epoch"] >= self.cfg.train.epochs:
+            t = self.cfg.train
+            early = t.patience > 0 and ckpt["bad_evals"] >= t.patience  # it stopped early; it would again
+            if done is not None and (ckpt["epoch"] >= t.epochs or early):
                 self.run_ctx.say(f"the run in {self.out} already finished ({ckpt['epoch']} epochs); nothing to do")
                 return done
         self.dir.write_config(self.run_ctx.resolved)
