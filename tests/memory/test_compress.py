@@ -13,7 +13,7 @@ from graphscale.memory import (CompressionConfig, UncompressedLayersError, compr
                                count_saved_bytes, find_uncompressed, hook_compression)
 from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QReLU, qbatch_norm, qdropout,
                                       qlayer_norm, qlinear, qrelu)
-from graphscale.memory.quantize import set_seed
+from graphscale.memory.random_streams import set_seed
 
 F64 = torch.float64
 
@@ -457,7 +457,7 @@ def test_max_aggregation_keeps_saved_tensors_exact_under_hooks(how):
 # --------------------------------------------------------------------------------------------
 # Dropout masks regenerated from a seed (dropout_mask="seed"): 0 bytes, the same mask in backward.
 def test_seed_dropout_regenerates_forward_mask_and_gradient():
-    from graphscale.memory.quantize import hash_mask
+    from graphscale.memory.random_streams import hash_mask
     torch.manual_seed(0)
     x = torch.randn(37, 29, dtype=F64, requires_grad=True)
     g = torch.randn(37, 29, dtype=F64)
