@@ -31,8 +31,8 @@ from torch import nn
 from graphscale.errors import ConfigError
 from graphscale.memory.hooks import compressed_activations, step_inputs
 from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
-                                      QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
-from graphscale.memory.quantize import CompressionConfig
+                                                 QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
+from graphscale.memory.compression_config import CompressionConfig
 
 __all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
            "UncompressedLayersError"]

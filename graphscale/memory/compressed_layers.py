@@ -29,7 +29,10 @@ from torch import Tensor, nn
 
 from graphscale.saved_bytes import report_ctx
 from graphscale.memory.hooks import SharedQuantized, _finite, _keep_leaf
-from graphscale.memory.quantize import CompressionConfig, check_dropout_mask, hash_mask, pack_codes, unpack_codes
+from graphscale.memory.bitpack import pack_codes, unpack_codes
+from graphscale.memory.compression_config import CompressionConfig
+from graphscale.memory.compression_options import check_dropout_mask
+from graphscale.memory.random_streams import hash_mask
 
 __all__ = ["QLinear", "QReLU", "QDropout", "QLayerNorm", "QBatchNorm1d", "qlinear", "qrelu", "qdropout",
            "qlayer_norm", "qbatch_norm", "pack_mask", "unpack_mask", "shared_cache", "stash", "unstash"]

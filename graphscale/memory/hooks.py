@@ -33,7 +33,8 @@ from torch import Tensor
 
 from graphscale.errors import ConfigError
 from graphscale.saved_bytes import report_ctx
-from graphscale.memory.quantize import CompressionConfig, Projected, QuantizedTensor
+from graphscale.memory.compression_config import CompressionConfig
+from graphscale.memory.quantize import Projected, QuantizedTensor
 
 __all__ = ["compressed_activations", "SharedQuantized", "step_inputs"]
 

@@ -16,7 +16,7 @@ Format: the tensor is viewed as a contiguous ``[R, C]`` matrix (per-row: ``R = s
 ``q = floor((x - mn) / scale + u)``, ``u ~ U[0, 1)``, has ``E[mn + q * scale] = x`` (unbiased) and
 ``|mn + q * scale - x| < scale``. ``u`` comes from a counter-based hash of ``(seed, position)``:
 reproducible, independent of ``torch``'s global RNG. One 32-bit hash serves two values of a row
-(see :func:`quantize_noise`), so ``u`` has 16 random bits: ``u = k / 2**16``, and the mean of
+(see :func:`graphscale.memory.random_streams.quantize_noise`), so ``u`` has 16 random bits: ``u = k / 2**16``, and the mean of
 ``mn + q * scale`` is ``x`` to within ``2**-16 * scale`` (the noise's resolution).
 Codes are packed ``8 // bits`` to a byte.
 
@@ -24,310 +24,37 @@ Statistics are float16 unless a row's minimum or step is outside float16's range
 which case the whole tensor's statistics use bfloat16 (same 16 bits, float32's range). A constant row
 gets ``scale = 0`` and dequantizes exactly to its (16-bit) minimum.
 
+What is here: the containers (:class:`QuantizedTensor`, :class:`Projected`), :func:`quantize` /
+:func:`dequantize` / :func:`project_quantize`, the row statistics, and the blocked code computation.
 CUDA tensors use the Triton kernels in ``graphscale_triton.quantize``; everything else runs the
-pure-torch reference here (also the test oracle; DESIGN.md rule 2).
+pure-torch reference here (also the test oracle; DESIGN.md rule 2), CPU tensors through numpy twins
+of its hash, statistics and packing steps that give the same bits (measured faster; see
+``_codes_into_np``). The noise and seeds come from :mod:`graphscale.memory.random_streams`, the bit
+packing from :mod:`graphscale.memory.bitpack`, the argument checks from
+:mod:`graphscale.memory.compression_options`.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import sys
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from graphscale._features import TRITON_INTERPRET, WITH_TRITON
-from graphscale.errors import ConfigError
+from graphscale._features import TRITON_INTERPRET, WITH_TRITON, require
+from graphscale.memory.bitpack import _code_table, _pack_rows_, _pack_rows_np_
+from graphscale.memory.compression_options import (check_backend, check_bits, check_float, check_group_size,
+                                                   check_kept_frac)
+# set_seed is re-exported: callers seed the noise of quantize() here (graphscale.bench.compression).
+from graphscale.memory.random_streams import (_keys, _noise_blocks, _noise_blocks_np, _np_path, _rows_per_block,
+                                              next_seed, rademacher, set_seed)
 
-__all__ = ["SUPPORTED_BITS", "QuantizedTensor", "Projected", "quantize", "dequantize", "pack_codes",
-           "unpack_codes", "quantize_noise", "rademacher", "next_seed", "set_seed", "check_bits",
-           "check_group_size", "check_kept_frac", "project_quantize", "hash_mask",
-           "check_dropout_mask", "DROPOUT_MASKS"]
+__all__ = ["QuantizedTensor", "Projected", "quantize", "dequantize", "project_quantize", "set_seed"]
 
-SUPPORTED_BITS = (1, 2, 4, 8)
-BACKENDS = ("auto", "torch", "triton")
-_M32 = 0xFFFFFFFF
 _FP16_MAX = 65504.0
-
-
-# --------------------------------------------------------------------------------------------
-# Argument checks (clear messages before any work; DESIGN.md rule 13).
-def check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise ConfigError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-    return bits
-
-
-def check_group_size(group_size) -> int | None:
-    """``None`` means per-row (EXACT); otherwise a positive int (ActNN groups)."""
-    if group_size is None:
-        return None
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ConfigError(f"group_size must be a positive int (or None for per-row quantization), "
-                          f"got {group_size!r}")
-    return group_size
-
-
-def check_kept_frac(kept_frac) -> float:
-    if not isinstance(kept_frac, (int, float)) or isinstance(kept_frac, bool) or not 0.0 < kept_frac <= 1.0:
-        raise ConfigError(f"projection kept_frac must be in (0, 1] (1 = no projection), got {kept_frac!r}")
-    return float(kept_frac)
-
-
-DROPOUT_MASKS = ("packed", "seed")
-
-
-def check_dropout_mask(mode) -> str:
-    if mode not in DROPOUT_MASKS:
-        raise ConfigError(f"dropout_mask must be one of {DROPOUT_MASKS}, got {mode!r}")
-    return mode
-
-
-def _check_float(x, what: str = "quantize") -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} expects a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} expects a floating-point tensor, got dtype {x.dtype} "
-                        f"(integer and bool tensors are stored as they are)")
-
-
-# --------------------------------------------------------------------------------------------
-# Seeds: a counter-based stream so each quantized tensor gets fresh, reproducible noise.
-_seed_lock = threading.Lock()
-_seed_state = {"base": 0, "counter": itertools.count()}
-
-
-def set_seed(seed: int) -> None:
-    """Restart the stream of quantization seeds at ``seed`` (the trainer seeds it per run)."""
-    with _seed_lock:
-        _seed_state["base"] = int(seed)
-        _seed_state["counter"] = itertools.count()
-
-
-def next_seed() -> int:
-    """The next seed of the stream: a pure function of (base seed, number of calls so far)."""
-    with _seed_lock:
-        n = next(_seed_state["counter"])
-        base = _seed_state["base"]
-    return _fmix32_int(_fmix32_int((base & _M32) ^ 0x9E3779B9) ^ (n & _M32)) | ((n >> 32) << 32)
-
-
-def _fmix32_int(h: int) -> int:
-    h &= _M32
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    return h
-
-
-def _keys(seed: int) -> tuple[int, int]:
-    """Two uint32 stream keys of a seed (the Triton kernel receives the same keys)."""
-    k1 = _fmix32_int((seed & _M32) ^ _fmix32_int((seed >> 32) + 0x632BE5AB))
-    return k1, _fmix32_int(k1 + 0x9E3779B9)
-
-
-# Counter hash of element index i = hi * 2**32 + lo (uint32 arithmetic, wrapping multiplies):
-#     h = mix(lo ^ k1 ^ (hi * 0x9E3779B9)),     u = (h >> 8) / 2**24
-# with mix = Wellons' "lowbias32" (two multiply-xorshift rounds, full avalanche). The torch version
-# runs in int32 (two's-complement wrap, logical shifts by masking) and in place: measured here on
-# 3.9M elements, one thread, out-of-place ops took 420 ms per hash (a fresh 15 MB buffer per op,
-# page-faulted in), in-place ops 30 ms; int32 multiplies are vectorised, int64 ones are not
-# (0.04 vs 0.57 ms per 173k elements).
-_C1 = 0x7FEB352D
-_C2 = 0x846CA68B - (1 << 32)  # as signed int32
-_GOLD = 0x9E3779B9
-
-
-def _s32(v: int) -> int:
-    v &= _M32
-    return v - (1 << 32) if v >= (1 << 31) else v
-
-
-def _mix_(h: Tensor, t: Tensor | None = None) -> Tensor:
-    """lowbias32 on int32 bits, in place (``t``: a scratch buffer of ``h``'s shape, reused if given)."""
-    if t is None:
-        t = torch.empty_like(h)
-    h.bitwise_xor_(torch.bitwise_right_shift(h, 16, out=t).bitwise_and_(0xFFFF))
-    h.mul_(_C1)
-    h.bitwise_xor_(torch.bitwise_right_shift(h, 15, out=t).bitwise_and_(0x1FFFF))
-    h.mul_(_C2)
-    h.bitwise_xor_(torch.bitwise_right_shift(h, 16, out=t).bitwise_and_(0xFFFF))
-    return h
-
-
-def _mix_int(h: int) -> int:
-    h &= _M32
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & _M32
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & _M32
-    return h ^ (h >> 16)
-
-
-def _hash(idx: Tensor, seed: int) -> Tensor:
-    """uint32 hash of ``(seed, idx)`` as int32 bits; the Triton kernel computes the same function."""
-    k1, _ = _keys(seed)
-    if idx.dtype == torch.int32:  # < 2**31 elements: hi = 0
-        return _mix_(torch.bitwise_xor(idx, _s32(k1)))
-    lo = (idx & _M32) ^ k1 ^ (((idx >> 32) * _GOLD) & _M32)
-    return _mix_(lo.to(torch.int32))  # int64 -> int32 keeps the low 32 bits
-
-
-def _index(rows: int, cols: int, device) -> Tensor:
-    n = rows * cols
-    return torch.arange(n, device=device, dtype=torch.int32 if n < 2**31 else torch.int64).view(rows, cols)
-
-
-def quantize_noise(rows: int, cols: int, seed: int, device=None) -> Tensor:
-    """The rounding noise ``u [rows, cols]`` of :func:`quantize` (and, thresholded, :func:`hash_mask`).
-
-    Definition (the blocked torch path and the Triton kernel compute the same values): with ``H =
-    ceil(cols / 2)``, column ``c`` of row ``r`` reads the 32-bit hash ``h = _hash(r * H + c mod H)``;
-    columns ``c < H`` take its low 16 bits, columns ``c >= H`` its high 16 bits, and ``u = bits16 /
-    2**16``. Halving the hashes halves the cost of the dominant passes (the multiply-xorshift
-    rounds); 16 bits of noise bound the rounding bias by ``2**-16`` of a step.
-    """
-    half = -(-cols // 2)
-    h = _hash(_index(rows, half, device).view(-1), seed).view(rows, half).long() & _M32
-    u = torch.cat([h & 0xFFFF, (h >> 16)[:, : cols - half]], 1)
-    return u.to(torch.float32) * 2.0 ** -16
-
-
-# Blocked evaluation: the elementwise work (hash, scaling, rounding, packing) runs over blocks of
-# whole rows of about _BLOCK elements with scratch buffers reused from block to block, so the ~20
-# passes per value stay in cache instead of streaming fresh full-size temporaries through memory
-# (each a page-faulted allocation). Measured here (one thread, 2708 x 1433 float32, 2 bits, groups of
-# 256): quantize 76 -> 36 ms; the hash alone 40 ms unblocked, 24 / 14 / 22 ms in blocks of 16k / 64k / 256k.
-_BLOCK = 1 << 16
 _PAD_COPY_MAX = 1 << 20  # up to this many values a tail group is padded by copying the tensor once
-
-
-def _hash_blocks(rows: int, cols: int, seed: int, step: int, device=None, row0: int = 0):
-    """Yield ``(r0, r1, h)`` over blocks of ``step`` rows ``r0 <= r < r1`` of ``[rows, cols]``: ``h [r1 - r0,
-    cols]`` int32 = ``_hash`` of the indices ``(row0 + r) * cols + c`` (a reused buffer: consume it
-    before the next step)."""
-    if rows * cols == 0:
-        return
-    if (row0 + rows) * cols >= 2**31:  # int64 indices (hi != 0): the unblocked definition per block
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            idx = torch.arange((row0 + r0) * cols, (row0 + r1) * cols, device=device, dtype=torch.int64)
-            yield r0, r1, _hash(idx, seed).view(r1 - r0, cols)
-        return
-    k1 = _s32(_keys(seed)[0])
-    m = min(step, rows)
-    ar = torch.arange(m * cols, device=device, dtype=torch.int32).view(m, cols)
-    h, t = torch.empty_like(ar), torch.empty_like(ar)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        hh, tt = h[: r1 - r0], t[: r1 - r0]
-        torch.add(ar[: r1 - r0], (row0 + r0) * cols, out=hh).bitwise_xor_(k1)
-        yield r0, r1, _mix_(hh, tt)
-
-
-def _noise_blocks(rows: int, cols: int, seed: int, block: int | None = None, device=None, row0: int = 0):
-    """Yield ``(r0, r1, lo, hi)`` over blocks of rows: the 16-bit noise of :func:`quantize_noise` for
-    columns ``[0, H)`` (``lo [r1 - r0, H]``) and ``[H, cols)`` (``hi [r1 - r0, cols - H]``) as int32 in
-    ``[0, 2**16)``, of rows ``row0 + r``. Reused buffers: consume them before the next step."""
-    half = -(-cols // 2)
-    step = max(1, (block or _BLOCK) // max(cols, 1))
-    lo = torch.empty(min(step, rows), half, dtype=torch.int32, device=device)
-    for r0, r1, h in _hash_blocks(rows, half, seed, step, device, row0):
-        ll = lo[: r1 - r0]
-        torch.bitwise_and(h, 0xFFFF, out=ll)
-        hi = h[:, : cols - half].bitwise_right_shift_(16).bitwise_and_(0xFFFF)
-        yield r0, r1, ll, hi
-
-
-# CPU tensors run the same blocked arithmetic through numpy: its ufuncs on uint32 wrap and shift
-# logically as the definition does, and cost ~0.7 us per call against ~7 us for a torch op, which
-# dominates at these block sizes (measured: the hash of 32k values 0.048 vs 0.095 ms, one thread).
-# The torch functions above stay the specification and the path for other devices; tests check
-# that both give identical bits.
-def _np_path(device, rows: int, half: int) -> bool:
-    return torch.device(device).type == "cpu" and rows * half < 2**31
-
-
-def _noise_blocks_np(rows: int, cols: int, seed: int, block: int | None = None, row0: int = 0):
-    """numpy twin of :func:`_noise_blocks`: ``(r0, r1, lo, hi)`` as uint32 arrays (reused buffers)."""
-    half = -(-cols // 2)
-    if rows * cols == 0:
-        return
-    step = max(1, (block or _BLOCK) // max(cols, 1))
-    m = min(step, rows)
-    ar = np.arange(m * half, dtype=np.uint32).reshape(m, half)
-    h, t = np.empty_like(ar), np.empty_like(ar)
-    k1 = np.uint32(_keys(seed)[0])
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        hh, tt = h[: r1 - r0], t[: r1 - r0]
-        np.add(ar[: r1 - r0], np.uint32((row0 + r0) * half), out=hh)
-        np.bitwise_xor(hh, k1, out=hh)
-        for shift, mul in ((16, _C1), (15, _C2 & _M32), (16, None)):  # lowbias32, as _mix_
-            np.right_shift(hh, np.uint32(shift), out=tt)
-            np.bitwise_xor(hh, tt, out=hh)
-            if mul is not None:
-                np.multiply(hh, np.uint32(mul), out=hh)
-        np.bitwise_and(hh, np.uint32(0xFFFF), out=tt)
-        np.right_shift(hh, np.uint32(16), out=hh)
-        yield r0, r1, tt, hh[:, : cols - half]
-
-
-def hash_mask(shape, keep_prob: float, seed: int, device=None) -> Tensor:
-    """Bool tensor of ``shape``, each element ``True`` with probability ``keep_prob`` (rounded to a
-    multiple of 2**-16): ``quantize_noise < keep_prob`` over the ``[shape[0], -1]`` view, so it is
-    regenerated from the seed alone (no stored mask)."""
-    shape = torch.Size(shape)
-    rows = shape[0] if len(shape) >= 1 else 1
-    cols = math.prod(shape) // rows if rows else 0
-    out = torch.empty(rows, cols, dtype=torch.bool, device=device)
-    half = -(-cols // 2)
-    thr = int(round(keep_prob * 2**16))  # keep where the 16 noise bits (u * 2**16) are < thr
-    if _np_path(out.device, rows, half):
-        o = out.numpy()
-        for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed):
-            np.less(lo, np.uint32(thr), out=o[r0:r1, :half])
-            np.less(hi, np.uint32(thr), out=o[r0:r1, half:])
-        return out.view(shape)
-    for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, device=device):
-        torch.lt(lo, thr, out=out[r0:r1, :half])
-        torch.lt(hi, thr, out=out[r0:r1, half:])
-    return out.view(shape)
-
-
-# --------------------------------------------------------------------------------------------
-# Bit packing (pure torch).
-def pack_codes(codes: Tensor, bits: int) -> Tensor:
-    """Pack integer codes ``[R, C]`` (each in ``[0, 2**bits)``) into ``uint8 [R, ceil(C*bits/8)]``."""
-    check_bits(bits)
-    vpb = 8 // bits
-    R, C = codes.shape
-    nb = -(-C // vpb)
-    c = codes.to(torch.uint8)
-    if nb * vpb != C:
-        c = torch.nn.functional.pad(c, (0, nb * vpb - C))
-    c = c.view(R, nb, vpb)
-    out = c[:, :, 0].clone()
-    for k in range(1, vpb):  # uint8 in place: no int32 temporaries of the full size
-        out.bitwise_or_(c[:, :, k] << (k * bits))
-    return out
-
-
-def unpack_codes(packed: Tensor, bits: int, cols: int) -> Tensor:
-    """Inverse of :func:`pack_codes`: ``uint8 [R, NB]`` -> codes ``uint8 [R, cols]``."""
-    check_bits(bits)
-    vpb = 8 // bits
-    R, nb = packed.shape
-    codes = torch.empty(R, nb, vpb, dtype=torch.uint8, device=packed.device)
-    for k in range(vpb):
-        torch.bitwise_right_shift(packed, k * bits, out=codes[:, :, k]).bitwise_and_((1 << bits) - 1)
-    return codes.view(R, nb * vpb)[:, :cols]
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,26 +131,15 @@ class Projected:
         return (y @ r.t()).reshape(self.shape).to(self.dtype)
 
 
-def rademacher(d: int, k: int, seed: int, device=None, dtype=torch.float32) -> Tensor:
-    """Random ``[d, k]`` matrix with entries ``+-1/sqrt(k)`` from the counter hash of ``seed``.
-
-    ``E[R R^T] = I_d``: projecting with ``R`` and back with ``R^T`` is unbiased (EXACT, Sec. 3.2).
-    """
-    sign = (_hash(_index(d, k, device).view(-1), seed) & 1).to(dtype) * 2 - 1
-    return (sign / math.sqrt(k)).view(d, k)
-
-
 # --------------------------------------------------------------------------------------------
 def _pick_backend(x: Tensor, backend: str | None) -> str:
     name = backend or os.environ.get("GRAPHSCALE_BACKEND", "auto")
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown quantization backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    check_backend(name)
     if name == "auto":
         # Triton only for CUDA tensors (or CPU tensors under TRITON_INTERPRET=1 when asked explicitly).
         return "triton" if (x.is_cuda and WITH_TRITON) else "torch"
     if name == "triton":
         if not WITH_TRITON:
-            from graphscale._features import require
             require("triton", "the Triton quantization backend")
         if not x.is_cuda and not TRITON_INTERPRET:
             return "torch"  # Triton kernels cannot run on CPU tensors outside the interpreter
@@ -455,7 +171,6 @@ def _round(v: Tensor, dtype: torch.dtype, down: bool) -> Tensor:
 
 def _row_stats(x2d: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(mn, scale, inv_scale)``: 16-bit min (rounded down), 16-bit step (rounded up), float32 1/step."""
-    levels = (1 << bits) - 1
     if x2d.shape[1] == 0:
         z = torch.zeros(x2d.shape[0], device=x2d.device)
         return z.half(), z.half(), z
@@ -523,7 +238,7 @@ def quantize(x: Tensor, bits: int = 2, group_size: int | None = 256, seed: int |
     Returns a :class:`QuantizedTensor`; ``dequantize(q)`` is an unbiased estimate of ``x`` with
     elementwise error below the row's ``scale``.
     """
-    _check_float(x)
+    check_float(x)
     check_bits(bits)
     check_group_size(group_size)
     seed = next_seed() if seed is None else int(seed)
@@ -584,15 +299,9 @@ def _empty_codes(x, bits, cols):
     return torch.empty(rows, 0, dtype=torch.uint8, device=x.device), mn, scale, cols
 
 
-# 2-bit codes b0..b3 as the bytes of a little-endian int32 word w: (w * _PACK2) >> 24 = b0 | b1 << 2 |
-# b2 << 4 | b3 << 6 (the other partial products wrap above bit 31 or sum below bit 24 without carry).
-_PACK2 = (1 << 24) + (1 << 18) + (1 << 12) + (1 << 6)
-_LITTLE = sys.byteorder == "little"
-
-
 def _noisy_values_into(vv: Tensor, xs: Tensor, mnf: Tensor, inv: Tensor, lo: Tensor, hi: Tensor, bits: int) -> None:
     """``vv [k, C] = (xs - mn) * inv + u`` in float32 (the steps both code paths share): ``mnf``, ``inv``
-    ``[k]`` per row, ``lo [k, H]`` / ``hi [k, C - H]`` the int32 16-bit noise of :func:`quantize_noise`."""
+    ``[k]`` per row, ``lo [k, H]`` / ``hi [k, C - H]`` the int32 16-bit noise of ``random_streams.quantize_noise``."""
     half = lo.shape[1]
     if xs.dtype == torch.float32:
         torch.sub(xs, mnf[:, None], out=vv)
@@ -619,27 +328,16 @@ def _codes_into(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int,
     vpb = 8 // bits
     nb = packed.shape[1]
     mnf = mn.float()
-    step = max(1, (block or _BLOCK) // cols)
+    step = _rows_per_block(cols, block)
     m = min(step, rows)
     v = torch.empty(m, cols, dtype=torch.float32, device=x2d.device)
     c = torch.zeros(m, nb * vpb, dtype=torch.uint8, device=x2d.device)  # padding codes stay 0
-    fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
     for r0, r1, lo, hi in _noise_blocks(rows, cols, seed, block, x2d.device, row0):
         g0, g1 = row0 + r0, row0 + r1
         vv, cc = v[: r1 - r0], c[: r1 - r0]
         _noisy_values_into(vv, x2d[r0:r1], mnf[g0:g1], inv[g0:g1], lo, hi, bits)
         cc[:, :cols].copy_(vv)
-        out = packed[g0:g1]
-        if bits == 8:
-            out.copy_(cc)
-        elif fast2:
-            w = cc.view(torch.int32)
-            out.copy_(w.mul_(_PACK2).bitwise_right_shift_(24).bitwise_and_(0xFF))
-        else:
-            c3 = cc.view(r1 - r0, nb, vpb)
-            out.copy_(c3[:, :, 0])
-            for k in range(1, vpb):
-                out.bitwise_or_(c3[:, :, k] << (k * bits))
+        _pack_rows_(packed[g0:g1], cc, bits, cols)
 
 
 def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: int, seed: int, row0: int,
@@ -653,11 +351,10 @@ def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: i
     nb = packed.shape[1]
     P = packed.numpy()
     mnf = mn.float()
-    step = max(1, (block or _BLOCK) // cols)
+    step = _rows_per_block(cols, block)
     m = min(step, rows)
     v = torch.empty(m, cols, dtype=torch.float32, device=x2d.device)
     c = np.zeros((m, nb * vpb), np.uint8)  # padding codes stay 0
-    fast2 = bits == 2 and cols % 4 == 0 and _LITTLE
     for r0, r1, lo, hi in _noise_blocks_np(rows, cols, seed, block, row0):
         g0, g1, k = row0 + r0, row0 + r1, r1 - r0
         vv, cc = v[:k], c[:k]
@@ -665,19 +362,7 @@ def _codes_into_np(packed: Tensor, x2d: Tensor, mn: Tensor, inv: Tensor, bits: i
         _noisy_values_into(vv, x2d[r0:r1], mnf[g0:g1], inv[g0:g1], torch.from_numpy(lo.view(np.int32)),
                            torch.from_numpy(hi.view(np.int32)), bits)
         np.copyto(cc[:, :cols], vv.numpy(), casting="unsafe")  # truncation = floor for these values >= 0
-        out = P[g0:g1]
-        if bits == 8:
-            out[...] = cc
-        elif fast2:
-            w = cc.view(np.uint32)
-            np.multiply(w, np.uint32(_PACK2), out=w)
-            np.right_shift(w, np.uint32(24), out=w)
-            np.copyto(out, w, casting="unsafe")
-        else:
-            c3 = cc.reshape(k, nb, vpb)
-            out[...] = c3[:, :, 0]
-            for j in range(1, vpb):
-                out |= c3[:, :, j] << np.uint8(j * bits)
+        _pack_rows_np_(P[g0:g1], cc, bits, cols)
 
 
 def dequantize(q: QuantizedTensor | Projected, backend: str | None = None) -> Tensor:
@@ -696,31 +381,16 @@ def dequantize(q: QuantizedTensor | Projected, backend: str | None = None) -> Te
     return flat.view(q.shape).to(q.dtype)
 
 
-_CODE_TABLES: dict = {}
-
-
-def _code_table(bits: int, device) -> Tensor:
-    """``[256, 8 // bits]`` float32: the codes packed in each byte value (the byte-wise inverse of
-    :func:`pack_codes`). A gather from it unpacks 2-bit codes in 17 ms instead of 41 ms for shifts
-    and masks (2708 x 1433 values, one thread)."""
-    key = (bits, str(device))
-    if key not in _CODE_TABLES:
-        vpb = 8 // bits
-        b = torch.arange(256, dtype=torch.int32)
-        _CODE_TABLES[key] = torch.stack([(b >> (k * bits)) & ((1 << bits) - 1) for k in range(vpb)], 1).float().to(device)
-    return _CODE_TABLES[key]
-
-
 def _dequantize_reference(packed: Tensor, mn: Tensor, scale: Tensor, bits: int, cols: int,
                           block: int | None = None) -> Tensor:
-    """``codes * scale + mn`` as float32 ``[R, cols]``, unpacked in blocks of rows (see ``_BLOCK``)."""
+    """``codes * scale + mn`` as float32 ``[R, cols]``, unpacked in blocks of rows (see ``random_streams._BLOCK``)."""
     R, nb = packed.shape
     vpb = 8 // bits
     out = torch.empty(R, cols, dtype=torch.float32, device=packed.device)
     if R * cols == 0:
         return out
     sf, mf = scale.float(), mn.float()
-    step = max(1, (block or _BLOCK) // cols)
+    step = _rows_per_block(cols, block)
     c = torch.empty(min(step, R), nb, vpb, dtype=torch.uint8, device=packed.device)
     lut = _code_table(bits, packed.device) if bits < 8 and nb * vpb == cols else None
     idx = torch.empty(min(step, R) * nb, dtype=torch.int64, device=packed.device) if lut is not None else None
@@ -747,7 +417,7 @@ def project_quantize(x: Tensor, kept_frac: float, bits: int = 2, group_size: int
 
     Shapes: ``x [..., D]``; the projected ``[..., k]`` is quantized (``group_size`` as in :func:`quantize`).
     """
-    _check_float(x, "project_quantize")
+    check_float(x, "project_quantize")
     check_kept_frac(kept_frac)
     seed = next_seed() if seed is None else int(seed)
     d = x.shape[-1]
@@ -757,44 +427,3 @@ def project_quantize(x: Tensor, kept_frac: float, bits: int = 2, group_size: int
         y = x.detach().reshape(-1, d).float() @ r
     q = quantize(y, bits, group_size, seed=seed, backend=backend)
     return Projected(q, seed ^ 0x5BD1E995, d, x.shape, x.dtype)
-
-
-
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CompressionConfig:
-    """How activations are stored: ``bits`` per value, groups of ``group_size`` values (ActNN) or
-    per-row statistics (``group_size=None``, EXACT), and an optional random projection keeping
-    ``kept_frac`` of the feature columns (EXACT; 1.0 = off). ``backend`` as in :func:`quantize`.
-    ``compress_inputs``: also compress inputs without autograd history (the step's input features);
-    by default they are kept by reference -- free when the caller holds them anyway (full-batch
-    training), and no per-step quantization of a large feature matrix. ``dropout_mask``: how
-    ``QDropout`` keeps its keep mask for backward -- ``'packed'`` (1 bit per element; the mask is
-    torch's own Bernoulli draw, so a seeded run drops the same units as ``nn.Dropout``) or ``'seed'``
-    (0 bytes: the mask is a counter-hash of a seed drawn from torch's RNG, regenerated in backward;
-    DESIGN.md rule 7)."""
-
-    bits: int = 2
-    group_size: int | None = 256
-    kept_frac: float = 1.0
-    backend: str | None = None
-    compress_inputs: bool = False
-    dropout_mask: str = "packed"
-
-    def __post_init__(self):
-        check_bits(self.bits)
-        check_group_size(self.group_size)
-        check_kept_frac(self.kept_frac)
-        check_dropout_mask(self.dropout_mask)
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ConfigError(f"unknown quantization backend {self.backend!r}; expected one of "
-                              f"{', '.join(BACKENDS)}")
-
-    def compress(self, x: Tensor, project: bool = True) -> QuantizedTensor | Projected:
-        """Quantize ``x`` (projecting its last dimension first when ``kept_frac < 1`` and ``project``)."""
-        if project and self.kept_frac < 1.0 and x.dim() >= 1 and x.shape[-1] > 1:
-            return project_quantize(x, self.kept_frac, self.bits, self.group_size, backend=self.backend)
-        return quantize(x, self.bits, self.group_size, backend=self.backend)
-
-
-__all__.append("CompressionConfig")
