@@ -133,9 +133,11 @@ def _die_with_parent() -> None:
 def _launch(nproc: int, args: list[str], out: str) -> int:
     """Run torchrun with ``nproc`` workers and stop all of them when this process is told to stop.
 
-    SIGTERM / SIGINT here are forwarded to torchrun, which stops its workers; if it has not exited
-    within 10 s the launcher kills it. torchrun itself gets SIGTERM if this process dies (even by
-    SIGKILL), and every worker gets SIGTERM if torchrun dies (:func:`_die_with_parent`)."""
+    On SIGTERM / SIGINT the launcher SIGKILLs torchrun and every worker at once: a checkpoint is written
+    atomically, so a kill at any point leaves the last one whole (and its temporary file is removed
+    by the next ``--resume``). Asking torchrun to stop them instead takes seconds per worker blocked in a
+    collective and prints torchrun's own traceback. If the launcher itself dies (even by SIGKILL)
+    torchrun gets SIGTERM, and every worker gets SIGTERM when torchrun dies (:func:`_die_with_parent`)."""
     import subprocess
 
     from graphscale.train import distributed
@@ -145,14 +147,14 @@ def _launch(nproc: int, args: list[str], out: str) -> int:
     proc = subprocess.Popen(cmd, preexec_fn=_pdeathsig_term)
     stopped = []
 
-    def forward(signum, frame):
-        stopped.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    def stop(signum, frame):
+        if not stopped:
+            stopped.append(signum)
+            _kill_tree(proc.pid)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        rc = _wait(proc, stopped)
+        rc = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -160,28 +162,41 @@ def _launch(nproc: int, args: list[str], out: str) -> int:
         print(f"graphscale train: stopped ({signal.Signals(stopped[0]).name}); all {nproc} workers ended; the last "
               f"checkpoint in {out} is intact: run the same command with --resume to continue", file=sys.stderr)
         return 128 + stopped[0]
+    if rc < 0:  # torchrun itself was killed; its workers follow it (PDEATHSIG)
+        print(f"graphscale train: error: the torchrun agent was killed ({signal.Signals(-rc).name}) and its workers "
+              f"stopped with it; the last checkpoint in {out} is intact: run the same command with --resume to "
+              f"continue", file=sys.stderr)
+        return 128 - rc
     if rc != 0:
         print(f"graphscale train: error: the {nproc}-process run failed (exit status {rc}); the failing rank's "
               f"message is above", file=sys.stderr)
     return rc
 
 
-def _wait(proc, stopped: list, grace_s: float = 10.0) -> int:
-    import subprocess
-    import time
-
-    while True:
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (torchrun starts each worker in a session of its own, so a
+    process-group kill would miss them); children first, so none is re-parented and missed."""
+    children: dict[int, list[int]] = {}
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    order, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        order.append(p)
+        todo += children.get(p, [])
+    for p in reversed(order):
         try:
-            return proc.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
-        if stopped:
-            deadline = time.monotonic() + grace_s
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if proc.poll() is None:
-                proc.kill()
-            return proc.wait()
 
 
 def _pdeathsig_term() -> None:
