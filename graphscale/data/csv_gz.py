@@ -13,6 +13,7 @@ import gzip
 import numpy as np
 
 _ZERO = ord("0")
+FIELDS_PER_PIECE = 1 << 21  # values formatted at once: ~20 bytes of temporaries each, ~40 MB
 
 
 def _table(width: int, pad: bool) -> np.ndarray:
@@ -122,7 +123,11 @@ class GzCsvWriter:
 
     def write(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
-        self._gz.write(format_rows(rows, self.decimals))
+        if rows.ndim == 1:
+            rows = rows[:, None]
+        step = max(1, FIELDS_PER_PIECE // max(1, rows.shape[1]))
+        for lo in range(0, rows.shape[0], step):  # bounded temporaries whatever the chunk size
+            self._gz.write(format_rows(rows[lo:lo + step], self.decimals))
         self.rows += rows.shape[0]
 
     def close(self) -> None:
