@@ -147,7 +147,7 @@ class SyntheticSpec:
             for key, published in (("num_features", pub.node_features), ("num_classes", pub.num_classes)):
                 value = getattr(self, key)
                 if value is not None and value != published:
-                    raise DataError(f"synthetic {key}={value} differs from {self.like}'s published {published}: "
+                    raise DataError(f"synthetic {key}={value} differs from the published {published} of {self.like}: "
                                     f"leave it out with like=..., or drop like= for a custom shape")
         elif self.scale != 1:
             raise DataError("synthetic scale only applies with like=ogbn-... (the published shape it scales)")

@@ -170,7 +170,9 @@ def write_stream(shape: StreamShape, tmp: str, progress: bool = False) -> None:
             _write_small(os.path.join(raw, "node_year.csv.gz"), year)
             parts = {"train": year <= 2017, "valid": year == 2018, "test": year >= 2019}
         else:  # products: "sales rank" = degree, ties broken at random
-            rank = np.lexsort((r_split.random(n), -degree))  # best-connected first
+            degree_out = np.empty(n, dtype=np.int64)
+            degree_out[out_id] = degree  # degrees were counted on internal ids
+            rank = np.lexsort((r_split.random(n), -degree_out))  # best-connected first
             which = np.empty(n, dtype=np.int64)
             which[rank] = np.repeat([0, 1, 2], shape.split_sizes)
             parts = {"train": which == 0, "valid": which == 1, "test": which == 2}
