@@ -257,3 +257,22 @@ def test_meta_layout_matches_ogb_for_real_sets():
     spec = SyntheticSpec(kind="products", like="ogbn-products", scale=0.001)
     synth = [f.path for f in raw_check.layout(meta_dict(spec, "x"))]
     assert synth == paths["ogbn-products"]
+
+
+def test_real_ogb_name_and_layout_are_checked(tmp_path):
+    # A small arxiv-like set in the folder of the real ogbn-arxiv: read through ogb's master.csv entry
+    # (no meta_dict), as a downloaded ogbn-arxiv is; the same checks apply.
+    spec = SyntheticSpec(kind="arxiv", like="ogbn-arxiv", scale=0.005)
+    src = write_synthetic(spec, str(tmp_path / "gen"))
+    root = tmp_path / "ogb"
+    shutil.copytree(src, root / "ogbn_arxiv")
+    d = load_dataset("ogbn-arxiv", str(root))
+    assert d.num_nodes == round(169_343 * 0.005) and d.x.shape[1] == 128 and d.num_outputs == 40
+    path = root / "ogbn_arxiv" / "raw" / "edge.csv.gz"
+    lines = _lines(path)
+    _write(path, lines[:-3])
+    with pytest.raises(DataError, match=r"ogbn_arxiv/raw/edge\.csv\.gz has .* rows but raw/num-edge-list"):
+        load_dataset("ogbn-arxiv", str(root))
+    os.remove(path)
+    with pytest.raises(DataError, match=r"missing .*raw/edge\.csv\.gz"):  # not a download
+        load_dataset("ogbn-arxiv", str(root))
