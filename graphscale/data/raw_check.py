@@ -160,6 +160,9 @@ def _scan(path: str, label: str, floats: bool, columns: int | None) -> tuple:
     if carry:  # last line without its newline
         rows += check(carry + b"\n")
     if rows == 0:
+        if f"{os.sep}split{os.sep}" in label:
+            raise DataError(f"{label}: the file is empty: this split holds no node (every split needs one; a "
+                            f"synthetic set needs more communities than species / years)")
         raise DataError(f"{label}: the file is empty (no rows)")
     return rows, columns
 

@@ -7,7 +7,16 @@ The files are the ones ``ogb``'s ``read_csv_graph_raw`` reads (``raw/edge.csv.gz
 through ``ogb``'s own ``PygNodePropPredDataset`` (with ``meta_dict=``): the loading code that runs
 offline is the code that runs on the real data.
 
-Two shapes:
+Two generators. The small one (this module) draws the whole graph at once; the streaming one
+(:mod:`graphscale.data.synthetic_stream`) writes blocks and is used for the published sizes
+(``SyntheticSpec(like='ogbn-proteins' | 'ogbn-arxiv' | 'ogbn-products')``, the shapes in
+:mod:`graphscale.data.published`), for the ``products`` kind and whenever ``num_edges`` is given.
+``graphscale data synth --like ogbn-proteins`` writes 132,534 nodes and 39,561,252 undirected edges
+(79,122,504 directed once ogb adds the reverse), as the real set has; a small-generator set with
+``num_nodes=132534`` has the default degree 20, i.e. 1.3M undirected edges (2.65M directed), and is
+not "published size".
+
+Small-generator shapes:
 
 * ``proteins``: like ogbn-proteins. Undirected (each edge written once, ogb adds the inverse),
   8-dim edge features in [0, 1], no node features, 112 binary tasks, split by species. Nodes live in
