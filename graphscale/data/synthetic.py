@@ -173,6 +173,10 @@ class SyntheticSpec:
             if not 1 <= r.num_communities <= r.num_nodes:
                 raise DataError(f"synthetic num_communities must be in [1, num_nodes={r.num_nodes}], "
                                 f"got {r.num_communities}")
+            if r.kind == "proteins" and not self.streaming and r.num_communities < PROTEINS_SPECIES:
+                # species are drawn per community: fewer than 8 leave the valid / test species empty
+                raise DataError(f"synthetic proteins needs num_communities >= {PROTEINS_SPECIES} (one per species, "
+                                f"the split is by species), got {r.num_communities}")
         if self.kind != "proteins" and ((r.num_classes or 2) < 2 or (r.num_features or 1) < 1):
             raise DataError(f"synthetic {self.kind} needs num_classes >= 2 and num_features >= 1, got "
                             f"{r.num_classes} and {r.num_features}")

@@ -225,7 +225,7 @@ def test_unwritable_root_is_a_data_error(tmp_path):
     root = str(blocker / "data")  # a folder under a file: cannot be created, even by root
     with pytest.raises(DataError, match=rf"cannot write the synthetic data set under '{root}'"):
         write_synthetic(PROTEINS, root)
-    r = _cli("data", "synth", "--num-nodes", "100", "--num-communities", "4", "--root", root, "--no-progress")
+    r = _cli("data", "synth", "--num-nodes", "100", "--num-communities", "8", "--root", root, "--no-progress")
     assert r.returncode == 2 and "Traceback" not in r.stderr and root in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
