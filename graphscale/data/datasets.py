@@ -6,16 +6,18 @@ Names:
   internet is reachable). Preprocessed as the reference recipes do (DeeperGCN / RevGNN): proteins'
   node features are the aggregated 8-dim edge features, its 112 targets are binary tasks on the
   species split; arxiv is symmetrised.
-* ``synthetic-proteins``, ``synthetic-arxiv``: written once (seeded) by
+* ``synthetic-proteins``, ``synthetic-arxiv``, ``synthetic-products``: written once (seeded) by
   :mod:`graphscale.data.synthetic` in OGB's raw layout under ``root``, then read back through the
   very same ``ogb`` loader path.
 * ``cora``, ``citeseer``, ``pubmed``: PyG's ``Planetoid`` on raw ``ind.*`` files under
-  ``root/<Name>/raw`` (no download when the files are there), public split, row-normalised features.
+  ``root/<Name>/raw`` (never downloaded: a missing file is an error), public split, row-normalised
+  features. The raw folder is only read: PyG's ``processed/`` cache goes to graphscale's cache folder
+  (``$GRAPHSCALE_CACHE``, default ``~/.cache/graphscale``, see :mod:`graphscale.data.cache`), never
+  beside ``raw/``, so a shared data folder (``../shared/data``) is never written even when it is writable.
 """
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,7 @@ from graphscale.data.synthetic import SyntheticSpec, meta_dict, write_synthetic
 from graphscale.errors import DataError
 
 PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
-SYNTHETIC = {"synthetic-proteins": "proteins", "synthetic-arxiv": "arxiv"}
+SYNTHETIC = {"synthetic-proteins": "proteins", "synthetic-arxiv": "arxiv", "synthetic-products": "products"}
 OGB = ("ogbn-proteins", "ogbn-arxiv", "ogbn-products")
 DATASETS = OGB + tuple(SYNTHETIC) + tuple(PLANETOID)
 
@@ -111,7 +113,7 @@ def _proteins_features(edge_index: Tensor, edge_attr: Tensor, num_nodes: int, ag
     return x
 
 
-def _from_ogb(name: str, data, split: dict, evaluator: str, node_feat_aggr: str) -> NodeDataset:
+def _from_ogb(name: str, data, split: dict, evaluator: str, node_feat_aggr: str, num_classes: int) -> NodeDataset:
     if evaluator == "ogbn-proteins":
         edge_attr = data.edge_attr.float()
         x = _proteins_features(data.edge_index, edge_attr, data.num_nodes, node_feat_aggr)
@@ -121,10 +123,7 @@ def _from_ogb(name: str, data, split: dict, evaluator: str, node_feat_aggr: str)
     edge_index = data.edge_index
     if evaluator == "ogbn-arxiv":  # directed citations; the reference recipes symmetrise
         edge_index = to_undirected(edge_index, num_nodes=data.num_nodes)
-    y = data.y.view(-1).long()
-    num_classes = int(y.max()) + 1
-    if evaluator == "ogbn-products":
-        num_classes = max(num_classes, 47)
+    y = data.y.view(-1).long()  # labels are checked against num_classes by graphscale.data.ogb
     return NodeDataset(name, data.x.float(), edge_index, None, y, split, "multiclass", num_classes, "acc", evaluator)
 
 
@@ -132,25 +131,31 @@ def _planetoid(name: str, root: str) -> NodeDataset:
     from torch_geometric.datasets import Planetoid
     from torch_geometric.transforms import NormalizeFeatures
 
+    from graphscale.data import cache
+
     pyg_name = PLANETOID[name]
     raw = os.path.join(root, pyg_name, "raw")
     if not os.path.isdir(raw):
         raise DataError(f"{name}: no raw folder at {raw!r}; expected the Planetoid ind.{name}.* files there "
                         f"(e.g. data.root=../shared/data/planetoid)")
-    # PyG writes processed/ beside raw/: work on a writable copy when root is read-only.
-    if not os.access(os.path.join(root, pyg_name), os.W_OK):
-        cache = os.path.join(os.environ.get("GRAPHSCALE_CACHE", os.path.expanduser("~/.cache/graphscale")),
-                             "planetoid")
-        dst = os.path.join(cache, pyg_name, "raw")
-        if not os.path.isdir(dst):
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copytree(raw, dst + ".tmp", dirs_exist_ok=True)
-            os.replace(dst + ".tmp", dst)
-        root = cache
+    processed = cache.processed_dir("planetoid", pyg_name, raw)
+    files = [f"ind.{name}.{k}" for k in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")]
+    cache.prepare(raw, files, processed, name)
+
+    class _Planetoid(Planetoid):  # raw files read in place, processed/ written to graphscale's cache
+        @property
+        def raw_dir(self) -> str:
+            return raw
+
+        @property
+        def processed_dir(self) -> str:
+            return processed
+
     try:
-        ds = Planetoid(root, pyg_name, transform=NormalizeFeatures())
-    except Exception as exc:  # PyG tries to download missing files: say which ones instead
-        raise DataError(f"{name}: could not read Planetoid files under {raw!r}: {exc}") from exc
+        ds = _Planetoid(root, pyg_name, transform=NormalizeFeatures())
+    except Exception as exc:  # a malformed file: name the folder (missing files were refused above)
+        raise DataError(f"{name}: could not read Planetoid files under {raw!r}: {type(exc).__name__}: {exc}") from None
+    cache.save_stamp(raw, files, processed)
     d = ds[0]
     split = {k: m.nonzero().view(-1) for k, m in
              (("train", d.train_mask), ("valid", d.val_mask), ("test", d.test_mask))}
@@ -174,12 +179,14 @@ def load_dataset(name: str, root: str, *, synthetic: SyntheticSpec | None = None
         spec = synthetic or SyntheticSpec()
         spec = SyntheticSpec(**{**spec.__dict__, "kind": SYNTHETIC[name]})
         path = write_synthetic(spec, root)
-        data, split = read_ogb_node_dataset(name, root, meta=meta_dict(spec, path))
-        return _from_ogb(name, data, split, "ogbn-" + spec.kind, node_feat_aggr).validate()
+        meta = meta_dict(spec, path)
+        data, split = read_ogb_node_dataset(name, root, meta=meta)
+        return _from_ogb(name, data, split, "ogbn-" + spec.kind, node_feat_aggr, int(meta["num classes"])).validate()
     if name in OGB:
         from graphscale.data.ogb import read_ogb_node_dataset
         data, split = read_ogb_node_dataset(name, root)
-        return _from_ogb(name, data, split, name, node_feat_aggr).validate()
+        classes = {"ogbn-proteins": 2, "ogbn-arxiv": 40, "ogbn-products": 47}[name]  # ogb's master.csv
+        return _from_ogb(name, data, split, name, node_feat_aggr, classes).validate()
     import difflib
     close = difflib.get_close_matches(name, DATASETS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""

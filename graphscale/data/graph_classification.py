@@ -14,7 +14,8 @@ Formats (``root`` is the folder that holds one sub-folder per data set):
   reference). Folds: ``root/<NAME>/10fold_idx/{train,test}_idx-{1..10}.txt``, indices into the order of
   the ``.txt`` file.
 * **TU** (Morris et al., *TUDataset*, 2020): ``root/<NAME>/raw/<NAME>_A.txt`` etc., read offline by
-  PyG's ``TUDataset`` on a copy under a writable cache (PyG writes ``processed/`` beside ``raw/``).
+  PyG's ``TUDataset``, the raw folder read in place and PyG's ``processed/`` written under graphscale's
+  cache folder (:mod:`graphscale.data.cache`), never beside ``raw/``.
   No folds ship with it: :func:`stratified_folds` draws 10 seeded stratified folds as GIN does.
 
 Node tags: the node labels of the file; data sets without node labels (IMDB-BINARY, IMDB-MULTI, COLLAB)
@@ -24,7 +25,6 @@ mapped to ``0..K-1`` in order of first appearance.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -290,28 +290,34 @@ def stratified_folds(labels: np.ndarray, k: int = 10, seed: int = 0) -> list:
 
 
 # ------------------------------------------------------------------------------------ TU via PyG
-def _tu_cache(root: str, name: str) -> str:
-    """A writable copy of ``root/name/raw`` for PyG (which writes ``processed/`` beside it)."""
-    if os.access(os.path.join(root, name), os.W_OK):
-        return root
-    cache = os.path.join(os.environ.get("GRAPHSCALE_CACHE", os.path.expanduser("~/.cache/graphscale")), "TU")
-    dst = os.path.join(cache, name, "raw")
-    if not os.path.isdir(dst):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = f"{dst}.tmp{os.getpid()}"
-        shutil.copytree(os.path.join(root, name, "raw"), tmp, dirs_exist_ok=True)
-        os.replace(tmp, dst)
-    return cache
-
-
 def read_tu(root: str, name: str, use_node_labels: bool = True):
     """Read a TU data set with PyG's ``TUDataset``: ``(graphs, raw_labels, raw_tags_per_graph or None)``."""
     from torch_geometric.datasets import TUDataset
 
+    from graphscale.data import cache
+
+    raw = os.path.join(root, name, "raw")
+    processed = cache.processed_dir("TU", name, raw)
+    files = sorted(f for f in os.listdir(raw) if f.startswith(f"{name}_") and f.endswith(".txt")) \
+        if os.path.isdir(raw) else []
+    if f"{name}_A.txt" not in files:
+        raise DataError(f"{name}: no TU file {name}_A.txt in {raw!r}")
+    cache.prepare(raw, files, processed, name)
+
+    class _TU(TUDataset):  # raw files read in place, processed/ written to graphscale's cache
+        @property
+        def raw_dir(self) -> str:
+            return raw
+
+        @property
+        def processed_dir(self) -> str:
+            return processed
+
     try:
-        ds = TUDataset(_tu_cache(root, name), name)
-    except Exception as exc:  # PyG tries to download what is missing: name the folder instead
-        raise DataError(f"{name}: could not read TU files under {os.path.join(root, name, 'raw')!r}: {exc}") from exc
+        ds = _TU(root, name)
+    except Exception as exc:  # a malformed or missing file: name the folder
+        raise DataError(f"{name}: could not read TU files under {raw!r}: {type(exc).__name__}: {exc}") from None
+    cache.save_stamp(raw, files, processed)
     graphs, labels, tags = [], [], []
     has_labels = ds.num_node_labels > 0
     for gi in range(len(ds)):

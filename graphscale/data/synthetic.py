@@ -7,7 +7,16 @@ The files are the ones ``ogb``'s ``read_csv_graph_raw`` reads (``raw/edge.csv.gz
 through ``ogb``'s own ``PygNodePropPredDataset`` (with ``meta_dict=``): the loading code that runs
 offline is the code that runs on the real data.
 
-Two shapes:
+Two generators. The small one (this module) draws the whole graph at once; the streaming one
+(:mod:`graphscale.data.synthetic_stream`) writes blocks and is used for the published sizes
+(``SyntheticSpec(like='ogbn-proteins' | 'ogbn-arxiv' | 'ogbn-products')``, the shapes in
+:mod:`graphscale.data.published`), for the ``products`` kind and whenever ``num_edges`` is given.
+``graphscale data synth --like ogbn-proteins`` writes 132,534 nodes and 39,561,252 undirected edges
+(79,122,504 directed once ogb adds the reverse), as the real set has; a small-generator set with
+``num_nodes=132534`` has the default degree 20, i.e. 1.3M undirected edges (2.65M directed), and is
+not "published size".
+
+Small-generator shapes:
 
 * ``proteins``: like ogbn-proteins. Undirected (each edge written once, ogb adds the inverse),
   8-dim edge features in [0, 1], no node features, 112 binary tasks, split by species. Nodes live in
@@ -30,7 +39,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -39,36 +48,138 @@ from graphscale.errors import DataError
 PROTEINS_TASKS = 112  # ogbn-proteins' task count; the ogbn-proteins Evaluator checks it
 PROTEINS_EDGE_DIM = 8
 PROTEINS_SPECIES = 8
-KINDS = ("proteins", "arxiv")
+KINDS = ("proteins", "arxiv", "products")
+SPLIT_NAME = {"proteins": "species", "arxiv": "time", "products": "sales_ranking"}
+# Defaults of the small generator (and of products without --like): unchanged since the first release,
+# so existing folders and the figures measured on them stay valid.
+SMALL_DEFAULTS = dict(num_nodes=20_000, avg_degree=20.0, num_communities=50)
+KIND_DEFAULTS = {"proteins": dict(num_features=128, num_classes=40), "arxiv": dict(num_features=128, num_classes=40),
+                 "products": dict(num_features=100, num_classes=47)}
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """Shape of a synthetic data set; equal specs produce byte-identical files."""
+    """Shape of a synthetic data set; equal specs produce byte-identical files.
+
+    Two generators:
+
+    * the small one (``kind`` proteins / arxiv, no ``like``, no ``num_edges``): ``num_nodes`` nodes,
+      ``avg_degree * num_nodes / 2`` edges drawn at once (defaults: 20,000 nodes, degree 20, 50
+      communities, 128 features, 40 classes);
+    * the streaming one (:mod:`graphscale.data.synthetic_stream`) for ``like='ogbn-...'`` (the
+      published shape of that set, :data:`graphscale.data.published.PUBLISHED`, node and edge counts
+      multiplied by ``scale`` unless ``num_nodes`` / ``num_edges`` are given), for ``kind='products'``
+      and whenever ``num_edges`` is given. It writes in blocks, so the published sizes fit in memory.
+
+    ``None`` means the default of the generator and kind.
+    """
 
     kind: str = "proteins"
-    num_nodes: int = 20_000
-    avg_degree: float = 20.0
-    num_communities: int = 50
-    num_features: int = 128  # arxiv only
-    num_classes: int = 40  # arxiv only
+    num_nodes: int | None = None
+    avg_degree: float | None = None
+    num_communities: int | None = None
+    num_features: int | None = None  # arxiv / products
+    num_classes: int | None = None  # arxiv / products
     seed: int = 0
     p_intra: float = 0.8  # share of edges inside a node's community
-    feature_noise: float = 2.0  # arxiv only: std of the Gaussian noise added to the class centroid
+    feature_noise: float = 2.0  # arxiv / products: std of the Gaussian noise added to the class centroid
+    like: str | None = None  # 'ogbn-proteins' | 'ogbn-arxiv' | 'ogbn-products': the published shape
+    scale: float = 1.0  # with like: multiplies the published node and edge counts
+    num_edges: int | None = None  # rows of raw/edge.csv.gz (streaming generator)
+
+    @property
+    def streaming(self) -> bool:
+        return self.like is not None or self.kind == "products" or self.num_edges is not None
+
+    def resolved(self) -> "SyntheticSpec":
+        """The small generator's spec with every ``None`` replaced by its default."""
+        fill = {**SMALL_DEFAULTS, **KIND_DEFAULTS[self.kind]} if self.kind in KIND_DEFAULTS else SMALL_DEFAULTS
+        return replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
+
+    def stream_shape(self):
+        """Concrete sizes for the streaming generator (validates first)."""
+        from graphscale.data.published import PUBLISHED
+        from graphscale.data.synthetic_stream import StreamShape
+
+        self.validate()
+        if self.like is not None:
+            pub = PUBLISHED[self.like]
+            n = self.num_nodes if self.num_nodes is not None else max(10, int(round(pub.num_nodes * self.scale)))
+            e = self.num_edges if self.num_edges is not None else int(round(pub.num_edges * self.scale))
+            k = self.num_communities if self.num_communities is not None else \
+                max(1, int(round(pub.communities * n / pub.num_nodes)))
+            ratios = np.array(pub.split_sizes, dtype=np.float64) / pub.num_nodes
+            feats, edge_feats, tasks, classes = pub.node_features, pub.edge_features, pub.num_tasks, pub.num_classes
+        else:
+            from graphscale.data.published import LIKE_OF_KIND
+            r = self.resolved()
+            pub = PUBLISHED[LIKE_OF_KIND[self.kind]]
+            n = r.num_nodes
+            e = self.num_edges if self.num_edges is not None else int(round(n * r.avg_degree / 2))
+            k = r.num_communities
+            ratios = np.array(pub.split_sizes, dtype=np.float64) / pub.num_nodes
+            proteins = self.kind == "proteins"
+            feats = 0 if proteins else r.num_features
+            edge_feats = PROTEINS_EDGE_DIM if proteins else 0
+            tasks = PROTEINS_TASKS if proteins else 1
+            classes = 2 if proteins else r.num_classes
+        if n < 10 or e < 1:
+            raise DataError(f"synthetic {self.kind}: need >= 10 nodes and >= 1 edge, got {n} nodes and {e} edges "
+                            f"(scale={self.scale:g})")
+        if not 1 <= k <= n:
+            raise DataError(f"synthetic num_communities must be in [1, num_nodes={n}], got {k}")
+        train = int(round(n * ratios[0]))
+        valid = int(round(n * ratios[1]))
+        if min(train, valid, n - train - valid) < 1:
+            raise DataError(f"synthetic {self.kind}: {n} nodes are too few for a train / valid / test split in "
+                            f"the published proportions {np.round(ratios, 3).tolist()}")
+        return StreamShape(self.kind, n, e, k, feats, edge_feats, tasks, classes, (train, valid, n - train - valid),
+                           self.p_intra, self.feature_noise, self.seed)
 
     def validate(self) -> None:
+        from graphscale.data.published import PUBLISHED
         if self.kind not in KINDS:
             raise DataError(f"synthetic kind {self.kind!r} is not one of {KINDS}")
-        if self.num_nodes < 10:
-            raise DataError(f"synthetic num_nodes must be >= 10, got {self.num_nodes}")
-        if not self.avg_degree > 0:
-            raise DataError(f"synthetic avg_degree must be > 0, got {self.avg_degree}")
-        if not 1 <= self.num_communities <= self.num_nodes:
-            raise DataError(f"synthetic num_communities must be in [1, num_nodes={self.num_nodes}], "
-                            f"got {self.num_communities}")
-        if self.kind == "arxiv" and (self.num_classes < 2 or self.num_features < 1):
-            raise DataError(f"synthetic arxiv needs num_classes >= 2 and num_features >= 1, got "
-                            f"{self.num_classes} and {self.num_features}")
+        if self.like is not None:
+            if self.like not in PUBLISHED:
+                raise DataError(f"synthetic like={self.like!r} is not one of {tuple(PUBLISHED)}")
+            pub = PUBLISHED[self.like]
+            if pub.kind != self.kind:
+                raise DataError(f"synthetic like={self.like!r} needs kind={pub.kind!r}, got kind={self.kind!r}")
+            if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1 and np.isfinite(self.scale)):
+                raise DataError(f"synthetic scale must be in (0, 1], got {self.scale!r}")
+            if self.avg_degree is not None:
+                raise DataError("synthetic avg_degree cannot be combined with like=...: the published edge count "
+                                "sets the degree (give num_edges to change it)")
+            if self.scale != 1 and (self.num_nodes is not None or self.num_edges is not None):
+                raise DataError("synthetic scale cannot be combined with an explicit num_nodes / num_edges")
+            for key, published in (("num_features", pub.node_features), ("num_classes", pub.num_classes)):
+                value = getattr(self, key)
+                if value is not None and value != published:
+                    raise DataError(f"synthetic {key}={value} differs from the published {published} of {self.like}: "
+                                    f"leave it out with like=..., or drop like= for a custom shape")
+        elif self.scale != 1:
+            raise DataError("synthetic scale only applies with like=ogbn-... (the published shape it scales)")
+        if self.num_edges is not None and self.avg_degree is not None:
+            raise DataError("synthetic num_edges and avg_degree both set: give one of them")
+        if self.num_edges is not None and self.num_edges < 1:
+            raise DataError(f"synthetic num_edges must be >= 1, got {self.num_edges}")
+        r = self.resolved()
+        if self.like is None:
+            if r.num_nodes < 10:
+                raise DataError(f"synthetic num_nodes must be >= 10, got {r.num_nodes}")
+            if self.num_edges is None and not r.avg_degree > 0:
+                raise DataError(f"synthetic avg_degree must be > 0, got {r.avg_degree}")
+            if not 1 <= r.num_communities <= r.num_nodes:
+                raise DataError(f"synthetic num_communities must be in [1, num_nodes={r.num_nodes}], "
+                                f"got {r.num_communities}")
+            if r.kind == "proteins" and not self.streaming and r.num_communities < PROTEINS_SPECIES:
+                # species are drawn per community: fewer than 8 leave the valid / test species empty
+                raise DataError(f"synthetic proteins needs num_communities >= {PROTEINS_SPECIES} (one per species, "
+                                f"the split is by species), got {r.num_communities}")
+        if self.kind != "proteins" and ((r.num_classes or 2) < 2 or (r.num_features or 1) < 1):
+            raise DataError(f"synthetic {self.kind} needs num_classes >= 2 and num_features >= 1, got "
+                            f"{r.num_classes} and {r.num_features}")
         if not 0.0 <= self.p_intra <= 1.0:
             raise DataError(f"synthetic p_intra must be in [0, 1], got {self.p_intra}")
         if not (isinstance(self.feature_noise, (int, float)) and self.feature_noise >= 0.0
@@ -77,33 +188,46 @@ class SyntheticSpec:
 
     @property
     def dir_name(self) -> str:
-        base = f"synthetic_{self.kind}_n{self.num_nodes}_d{self.avg_degree:g}_c{self.num_communities}_s{self.seed}"
-        if self.kind == "arxiv":
-            base += f"_f{self.num_features}_k{self.num_classes}"
-            if self.feature_noise != 2.0:  # defaults keep the folder names of earlier releases
-                base += f"_x{self.feature_noise:g}"
-        if self.p_intra != 0.8:
-            base += f"_p{self.p_intra:g}"
+        if self.streaming:
+            s = self.stream_shape()
+            base = (f"synthetic_{self.kind}_{('like-' + self.like) if self.like else 'custom'}_n{s.num_nodes}"
+                    f"_e{s.num_edges}_c{s.num_communities}_s{self.seed}")
+            if self.kind != "proteins":
+                base += f"_f{s.node_features}_k{s.num_classes}"
+                if self.feature_noise != 2.0:
+                    base += f"_x{self.feature_noise:g}"
+            if self.p_intra != 0.8:
+                base += f"_p{self.p_intra:g}"
+            return base
+        r = self.resolved()
+        base = f"synthetic_{r.kind}_n{r.num_nodes}_d{r.avg_degree:g}_c{r.num_communities}_s{r.seed}"
+        if r.kind == "arxiv":
+            base += f"_f{r.num_features}_k{r.num_classes}"
+            if r.feature_noise != 2.0:  # defaults keep the folder names of earlier releases
+                base += f"_x{r.feature_noise:g}"
+        if r.p_intra != 0.8:
+            base += f"_p{r.p_intra:g}"
         return base
 
 
 def meta_dict(spec: SyntheticSpec, path: str) -> dict:
     """The ``meta_dict`` that lets ``PygNodePropPredDataset`` read a set not in ogb's master.csv."""
     proteins = spec.kind == "proteins"
+    classes = 2 if proteins else (spec.stream_shape().num_classes if spec.streaming else spec.resolved().num_classes)
     return {
         "dir_path": path,
         "version": 1,
         "num tasks": PROTEINS_TASKS if proteins else 1,
         "task type": "binary classification" if proteins else "multiclass classification",
         "eval metric": "rocauc" if proteins else "acc",
-        "num classes": 2 if proteins else spec.num_classes,
+        "num classes": classes,
         "is hetero": "False",
         "binary": "False",
-        "add_inverse_edge": "True" if proteins else "False",
+        "add_inverse_edge": "False" if spec.kind == "arxiv" else "True",
         "has_node_attr": "False" if proteins else "True",
         "has_edge_attr": "True" if proteins else "False",
-        "split": "species" if proteins else "time",
-        "additional node files": "node_species" if proteins else "node_year",
+        "split": SPLIT_NAME[spec.kind],
+        "additional node files": {"proteins": "node_species", "arxiv": "node_year", "products": "None"}[spec.kind],
         "additional edge files": "None",
         "download_name": spec.dir_name,
         "url": "",
@@ -214,33 +338,60 @@ def _generate_arxiv(spec: SyntheticSpec, rng: np.random.Generator, raw: str, spl
         _write_csv(os.path.join(split, f"{name}.csv.gz"), ids, "%d")
 
 
-def write_synthetic(spec: SyntheticSpec, root: str, overwrite: bool = False) -> str:
+def write_synthetic(spec: SyntheticSpec, root: str, overwrite: bool = False, progress: bool = False) -> str:
     """Write ``spec`` under ``root/<spec.dir_name>`` in OGB's raw layout and return that path.
 
     The folder is built in a temporary sibling and renamed into place, so an interrupted write
     never leaves a half-written data set that a later run would mistake for a complete one.
     An existing complete folder is reused (same spec, same seed -> same files) unless ``overwrite``.
+    ``progress`` shows a progress bar per file (streaming generator).
+
+    Raises:
+        DataError: a bad spec, or ``root`` cannot be written (named, with the reason).
     """
     spec.validate()
+    shape = None
+    if spec.streaming:
+        from graphscale.data.synthetic_stream import check_density
+        shape = spec.stream_shape()
+        check_density(shape)
     path = os.path.join(root, spec.dir_name)
     if os.path.isfile(os.path.join(path, "RELEASE_v1.txt")) and not overwrite:
         return path
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{spec.dir_name}.", dir=root)
     try:
-        raw = os.path.join(tmp, "raw")
-        split = os.path.join(tmp, "split", "species" if spec.kind == "proteins" else "time")
-        os.makedirs(raw)
-        os.makedirs(split)
-        rng = np.random.default_rng(spec.seed)
-        (_generate_proteins if spec.kind == "proteins" else _generate_arxiv)(spec, rng, raw, split)
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{spec.dir_name}.", dir=root)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the data set private once renamed
+    except OSError as exc:
+        raise DataError(f"cannot write the synthetic data set under {root!r} ({exc.strerror or exc}): "
+                        f"choose a writable folder (data.root=... or --root ...)") from None
+    try:
+        if shape is not None:
+            from graphscale.data.synthetic_stream import write_stream
+            write_stream(shape, tmp, progress=progress)
+            info = {**asdict(spec), "shape": asdict(shape)}
+        else:
+            r = spec.resolved()
+            raw = os.path.join(tmp, "raw")
+            split = os.path.join(tmp, "split", SPLIT_NAME[r.kind])
+            os.makedirs(raw)
+            os.makedirs(split)
+            rng = np.random.default_rng(r.seed)
+            (_generate_proteins if r.kind == "proteins" else _generate_arxiv)(r, rng, raw, split)
+            info = asdict(r)
         with open(os.path.join(tmp, "synthetic.json"), "w") as fh:
-            json.dump(asdict(spec), fh, indent=2)
+            json.dump(info, fh, indent=2)
         with open(os.path.join(tmp, "RELEASE_v1.txt"), "w") as fh:
             fh.write("graphscale synthetic data set, OGB raw layout\n")
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"could not write the synthetic data set {path!r} ({exc.strerror or exc}); nothing was "
+                        f"left behind") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

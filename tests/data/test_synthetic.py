@@ -96,6 +96,8 @@ def test_bad_specs_and_names(tmp_path):
         write_synthetic(SyntheticSpec(num_nodes=3), str(tmp_path))
     with pytest.raises(DataError, match="num_communities"):
         write_synthetic(SyntheticSpec(num_nodes=100, num_communities=500), str(tmp_path))
+    with pytest.raises(DataError, match="num_communities >= 8"):  # else the valid / test species are empty
+        write_synthetic(SyntheticSpec(num_nodes=300, num_communities=6), str(tmp_path))
     with pytest.raises(DataError, match="did you mean 'ogbn-proteins'"):
         load_dataset("ogbn-protein", str(tmp_path))
 
