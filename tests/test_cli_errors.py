@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-TINY = ["data.name=synthetic-proteins", "data.num_nodes=300", "data.avg_degree=6", "data.num_communities=6",
+TINY = ["data.name=synthetic-proteins", "data.num_nodes=300", "data.avg_degree=6", "data.num_communities=8",
         "model.hidden_channels=8", "model.num_layers=2", "sampler.num_parts=2", "train.epochs=1",
         "log.progress=false", "train.device=cpu"]
 
@@ -61,6 +61,11 @@ CASES = [
     ("resume-empty-dict", lambda t: ["train", *TINY, "--out", _ckpt_folder(t, obj={}), "--resume"],
      "checkpoint.pt is not a graphscale checkpoint"),
     ("out-under-a-file", lambda t: ["train", *TINY, "--out", _under_a_file(t)], "cannot create the output folder"),
+    ("data-root-under-a-file", lambda t: ["train", *TINY, f"data.root={_under_a_file(t)}", "--out", str(t / "o")],
+     "cannot write the synthetic data set under"),
+    ("synth-root-under-a-file", lambda t: ["data", "synth", "--root", _under_a_file(t)],
+     "cannot write the synthetic data set under"),
+    ("bad-like", lambda t: ["train", *TINY, "data.like=ogbn-papers100m"], "'ogbn-papers100m' is not one of"),
 ]
 
 

@@ -108,6 +108,8 @@ def _synth(args) -> int:
         print(f"wrote {path} ({took:.1f} s): {s.num_nodes:,} nodes, {s.num_edges:,} edges in raw/edge.csv.gz, "
               f"split {'/'.join(f'{v:,}' for v in s.split_sizes)}; inspect it with: graphscale data info "
               f"synthetic-{spec.kind} --root {args.root} {opts}")
+        keys = " ".join(f"data.{k}={getattr(args, k)}" for k in _SHAPE_KEYS if getattr(args, k) is not None)
+        print(f"train on it with: graphscale train CONFIG data.name=synthetic-{spec.kind} data.root={args.root} {keys}")
     else:
         r = spec.resolved()
         print(f"wrote {path} ({took:.1f} s); train with: graphscale train configs/quickstart.yaml "

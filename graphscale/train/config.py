@@ -39,17 +39,26 @@ class DataConfig:
     """Which data set, where, and (for synthetic sets) its shape."""
 
     name: str = _doc("synthetic-proteins", "ogbn-proteins | ogbn-arxiv | ogbn-products | cora | citeseer "
-                     "| synthetic-proteins | synthetic-arxiv")
+                     "| synthetic-proteins | synthetic-arxiv | synthetic-products")
     root: str = _doc("data", "folder holding the data set (downloaded or generated there)")
     # Synthetic sets only: written once (seeded) in OGB's raw layout, then read back through ogb.
-    num_nodes: int = _doc(20_000, "synthetic: number of nodes")
-    avg_degree: float = _doc(20.0, "synthetic: mean undirected degree")
-    num_communities: int = _doc(50, "synthetic: number of planted communities")
-    num_features: int = _doc(128, "synthetic-arxiv: node feature width")
-    num_classes: int = _doc(40, "synthetic-arxiv: number of classes")
+    # null = the generator's default for the kind (or the published shape with `like`).
+    like: Union[str, None] = _choice(None, "ogbn-proteins", "ogbn-arxiv", "ogbn-products",
+                                     doc="synthetic: write the published shape of this OGB set (node and edge "
+                                         "counts, feature and task widths, split sizes), times `scale`")
+    scale: float = _doc(1.0, "synthetic with like: multiply the published node and edge counts by this")
+    num_nodes: Union[int, None] = _doc(None, "synthetic: number of nodes (null: 20,000, or the published count "
+                                       "with like)")
+    num_edges: Union[int, None] = _doc(None, "synthetic: rows of the edge list (null: num_nodes x avg_degree / 2, or "
+                                       "the published count with like)")
+    avg_degree: Union[float, None] = _doc(None, "synthetic: mean undirected degree (null: 20)")
+    num_communities: Union[int, None] = _doc(None, "synthetic: number of planted communities (null: 50, or scaled "
+                                             "with like)")
+    num_features: Union[int, None] = _doc(None, "synthetic-arxiv / -products: node feature width (null: 128 / 100)")
+    num_classes: Union[int, None] = _doc(None, "synthetic-arxiv / -products: number of classes (null: 40 / 47)")
     p_intra: float = _doc(0.8, "synthetic: share of edges inside a node's community")
-    feature_noise: float = _doc(2.0, "synthetic-arxiv: std of the noise on the class-centroid features "
-                                "(default 2.0; see graphscale.data.synthetic)")
+    feature_noise: float = _doc(2.0, "synthetic-arxiv / -products: std of the noise on the class-centroid features "
+                                "(see graphscale.data.synthetic)")
     seed: int = _doc(0, "synthetic: generator seed")
     # ogbn-proteins (and its synthetic twin): node features are aggregated edge features.
     node_feat_aggr: str = _choice("sum", "sum", "mean", doc="proteins: how edge features become node features")

@@ -80,7 +80,8 @@ def load_data(cfg: Config) -> NodeDataset:
     d = cfg.data
     spec = SyntheticSpec(num_nodes=d.num_nodes, avg_degree=d.avg_degree, num_communities=d.num_communities,
                          num_features=d.num_features, num_classes=d.num_classes, seed=d.seed,
-                         p_intra=d.p_intra, feature_noise=d.feature_noise)
+                         p_intra=d.p_intra, feature_noise=d.feature_noise, like=d.like, scale=d.scale,
+                         num_edges=d.num_edges)
     return load_dataset(d.name, os.path.expanduser(d.root), synthetic=spec, node_feat_aggr=d.node_feat_aggr)
 
 

@@ -23,7 +23,7 @@ _ALWAYS = {
     "train": ("mode", "seed", "device", "lr", "weight_decay", "grad_clip", "eval_every", "dist_timeout",
               "ddp_static_graph", "ddp_find_unused", "comm_hook"),
 }
-_SYNTHETIC = ("num_nodes", "avg_degree", "num_communities", "p_intra", "seed")
+_SYNTHETIC = ("like", "scale", "num_nodes", "num_edges", "avg_degree", "num_communities", "p_intra", "seed")
 _SYNTHETIC_FEATURES = ("num_features", "num_classes", "feature_noise")
 _STANDARD_TRAIN = ("epochs", "checkpoint_every", "patience", "grad_accum")
 _LAYERWISE_TRAIN = ("layer_epochs", "batch_size", "storage", "storage_dir", "controller")

@@ -136,9 +136,10 @@ def test_cli_rejects_bad_nproc_before_launching(capsys, tmp_path):
     assert main(["train", *TINY, f"data.root={tmp_path}/never", "--nproc", "100000"]) == 2
     assert "--nproc 100000 on CPU" in capsys.readouterr().err
     # layer-wise training is distributed too (tests/train/test_distributed_layerwise.py); its checks run first
-    assert main(["train", *TINY, "train.mode=layerwise", "train.layer_epochs=0", "--nproc", "2"]) == 2
+    lw = [o for o in TINY if not o.startswith(("sampler.", "train.epochs"))]  # keys the layer-wise mode does not read
+    assert main(["train", *lw, "train.mode=layerwise", "train.layer_epochs=0", "--nproc", "2"]) == 2
     assert "train.layer_epochs must be >= 1, got 0" in capsys.readouterr().err
-    assert main(["train", *TINY, "train.mode=layerwise", "--nproc", "100000"]) == 2
+    assert main(["train", *lw, "train.mode=layerwise", "--nproc", "100000"]) == 2
     assert "--nproc 100000 on CPU" in capsys.readouterr().err
     assert not os.path.exists(f"{tmp_path}/never")
 
@@ -332,7 +333,8 @@ def _worker(argv: list[str]) -> int:
             with open(os.path.join(out, f"mismatch-rank{rank}.txt"), "w") as fh:
                 fh.write(str(exc))
         for hook in ("signsgd", "powersgd"):
-            hook_args = TINY + [f"train.comm_hook={hook}", "train.powersgd_start_iter=2", f"data.root={data_root}"]
+            start = ["train.powersgd_start_iter=2"] if hook == "powersgd" else []  # a powersgd-only key
+            hook_args = TINY + [f"train.comm_hook={hook}", *start, f"data.root={data_root}"]
             trainer = Trainer(load_config(None, hook_args + ["train.epochs=4", f"log.out={out}/{hook}"]))
             trainer.run()
             if rank == 0:

@@ -111,20 +111,20 @@ def _worker(argv: list[str]) -> int:
     import torch.distributed as dist
 
     from graphscale.cli import main
-    from graphscale.train import layerwise, l2o
+    from graphscale.train import l2gcn_controller, layerwise, layerwise_trainer
     dist.init_process_group("gloo")  # the trainer uses this group as it is
     rank = dist.get_rank()
     if rank == 1:  # a stopping rule that disagrees with rank 0's: it must not be consulted
         layerwise.FixedEpochs.observe = lambda self, epoch, loss: True
-        l2o.StopPolicy.observe = lambda self, epoch, loss: False
-    real = layerwise.LayerwiseTrainer.run
+        l2gcn_controller.StopPolicy.observe = lambda self, epoch, loss: False
+    real = layerwise_trainer.LayerwiseTrainer.run
 
     def run(self):
         results = real(self)
         torch.save(self.model.state_dict(), os.path.join(self.out, f"rank{rank}.pt"))
         return results
 
-    layerwise.LayerwiseTrainer.run = run
+    layerwise_trainer.LayerwiseTrainer.run = run
     for name in RUNS:
         if main(["train", *_args(name, root, os.path.join(out, name), ctrl)]) != 0:
             return 1

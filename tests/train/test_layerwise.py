@@ -12,7 +12,7 @@ from torch_geometric.nn import GCNConv
 from graphscale.errors import ConfigError, DataError
 from graphscale.memory.accounting import count_saved_bytes
 from graphscale.sampling.propagation import aggregate, gcn_adjacency
-from graphscale.train import layerwise as lw
+from graphscale.train import layerwise_trainer as lw
 from graphscale.train.config import load_config
 from graphscale.train.l2gcn_controller import (NUM_FEATURES, StopController, StopPolicy, load_controller, save_controller,
                                   train_controller)
