@@ -66,7 +66,7 @@ def _softmax_fwd_kernel(
         row = tl.load(item_row_ptr + pid)
         start = tl.load(item_start_ptr + pid)
         end = tl.minimum(start + CHUNK, tl.load(rowptr_ptr + row + 1))
-        slot = tl.load(item_slot_ptr + pid)
+        slot = tl.load(item_slot_ptr + pid) + tl.zeros([BLOCK_F], dtype=tl.int64)  # as a vector: masks stay vectors
     else:
         row = pid.to(tl.int64)
         start = tl.load(rowptr_ptr + row)
@@ -191,7 +191,7 @@ def _softmax_bwd_kernel(
         src = tl.load(item_row_ptr + pid)
         start = tl.load(item_start_ptr + pid)
         end = tl.minimum(start + CHUNK, tl.load(trowptr_ptr + src + 1))
-        slot = tl.load(item_slot_ptr + pid)
+        slot = tl.load(item_slot_ptr + pid) + tl.zeros([BLOCK_F], dtype=tl.int64)  # as a vector: masks stay vectors
     else:
         src = pid.to(tl.int64)
         start = tl.load(trowptr_ptr + src)
