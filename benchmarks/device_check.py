@@ -57,11 +57,11 @@ def plan(dry: bool, tmp: pathlib.Path, out: pathlib.Path) -> list[dict]:
     dev = "cpu" if dry else "cuda"
     data = ["data.root=" + str(tmp / "data")]
     if dry:
-        tiny = ["data.num_nodes=300", "data.avg_degree=4", "data.num_communities=4", "sampler.num_parts=2",
+        # (fewer than ~20 communities can leave the synthetic valid split empty)
+        tiny = ["data.num_nodes=600", "data.avg_degree=4", "data.num_communities=20", "sampler.num_parts=2",
                 "model.hidden_channels=8", "log.progress=false"]
         kernels = [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                   "tests/ops/triton_cases.py::test_every_config_spmm[1-24]",
-                   "tests/ops/triton_cases.py::test_every_config_softmax[1-24]"]
+                   "tests/ops/triton_cases.py::test_every_config_spmm[1-24]"]
         spmm = [py, "benchmarks/bench_spmm.py", "--tiny", "--device", "cpu", "--threads", "1"]
         memory = ["--depths", "1,2", "--nodes", "200", "--edges", "1000", "--channels", "8", "--steps", "1",
                   "--no-profile", "--threads", "1"]
@@ -97,7 +97,10 @@ def plan(dry: bool, tmp: pathlib.Path, out: pathlib.Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ running
 def run_cmd(cmd: list[str], env_extra: dict, timeout: float, log) -> tuple[int, str, float]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)  # compiled Triton unless the step asks for the interpreter
+    env.pop("GRAPHSCALE_TRITON_CONFIG", None)
+    env.update(env_extra)
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     t0 = time.perf_counter()
@@ -147,7 +150,7 @@ def read_spmm(out: pathlib.Path, dry: bool) -> tuple[dict, list]:
             hit = [r["min_ms"] for r in rows if r["graph"] == graph and r["op"] == op and r["impl"] == impl
                    and r["level"] == "op"]
             return hit[0] if hit else None
-        g = graph.split("-")[0]
+        g = graph
         sum_ours, sum_cusparse = t("sum", ours), t("sum", "torch.sparse.mm")
         if sum_ours is not None and sum_cusparse is not None:
             ratio = sum_ours / sum_cusparse
