@@ -12,6 +12,13 @@ c mod H`` and takes the low 16 bits for ``c < H``, the high 16 bits otherwise (t
 computes each hash once for both; recomputing it per value here is free next to the memory traffic). ``8 // bits`` codes
 share a byte, the first in the lowest bits.
 
+Tuning: ``BLOCK_B`` (bytes per program) and ``num_warps`` are autotuned keyed on the packed row
+width ``NB`` and ``BITS`` (:mod:`graphscale_triton.tuning`; the tests pin each config and check it
+bit for bit against the torch reference). Both kernels only store, so re-running them while tuning
+is harmless. Both launch with ``enable_fp_fusion=False``: a GPU compile would otherwise contract
+``(x - mn) * inv + u`` (and ``mn + code * scale``) into one FMA, rounding once where the torch
+reference rounds twice, and the codes would no longer match the reference bit for bit.
+
 Plain launchers only (DESIGN.md rule 4): tensors in, tensors out; dispatch and fallbacks live in
 graphscale. Depends on torch and triton only.
 """
@@ -129,7 +136,7 @@ def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.
     if R == 0 or nb == 0:
         return out
     QUANTIZE.launch(lambda meta: (R, triton.cdiv(nb, meta["BLOCK_B"])), x2d, mn, inv_scale, out, C, nb,
-                    key & 0xFFFFFFFF, BITS=bits, VPB=vpb, config=config)
+                    key & 0xFFFFFFFF, BITS=bits, VPB=vpb, config=config, enable_fp_fusion=False)
     return out
 
 
@@ -143,5 +150,5 @@ def unpack_dequantize_forward(packed: torch.Tensor, mn: torch.Tensor, scale: tor
     if R == 0 or nb == 0:
         return out
     DEQUANTIZE.launch(lambda meta: (R, triton.cdiv(nb, meta["BLOCK_B"])), packed, mn, scale, out, cols, nb,
-                      BITS=bits, VPB=8 // bits, config=config)
+                      BITS=bits, VPB=8 // bits, config=config, enable_fp_fusion=False)
     return out
