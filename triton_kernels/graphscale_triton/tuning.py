@@ -24,6 +24,7 @@ import time
 from typing import Callable, Sequence
 
 import triton
+import triton.testing  # do_bench (imported by triton itself today; named here for older versions)
 
 __all__ = ["ENV", "KERNELS", "TunedKernel", "pin", "pinned_index"]
 
