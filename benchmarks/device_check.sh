@@ -12,4 +12,11 @@ fi
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD:$PWD/triton_kernels${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# Wheels carried to a machine without internet (e.g. ogb on the lent GPU machine; docs/ops.md): a .whl/
+# folder at the repository root is installed into a private folder and put on the path.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site="${TMPDIR:-/tmp}/graphscale-device-check-site"
+    "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:$site"
+fi
 exec "${PYTHON:-python3}" benchmarks/device_check.py "$@"
