@@ -182,6 +182,13 @@ class CSR:
             self._cache[key] = torch.ones(self.num_edges, dtype=dtype, device=self.device)
         return self._cache[key]
 
+    def cached(self, key, build):
+        """``build()`` once per ``key``, kept on this CSR (kernel schedules and other per-graph
+        structures that live as long as the graph)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     def t(self) -> "CSR":
         """The transposed CSR ``[num_cols, num_rows]`` (rows = sources), built once and cached.
 

@@ -3,15 +3,28 @@
 Same semantics as :mod:`graphscale.ops.reference` (the specification). Each Function keeps what
 backward needs through ``ctx.save_for_backward`` only, in one place; ``ctx.adj`` is the graph
 structure (owned by the caller, not an activation).
+
+Degree balancing: rows longer than ``chunk`` edges are split into work items
+(``graphscale_triton.schedule``). The schedule of a CSR and of its transpose is built once (one
+device sync) and cached on the CSR object. ``chunk`` defaults to
+``graphscale_triton.schedule.default_chunk`` (8x the average degree, at least 256); the
+``GRAPHSCALE_TRITON_CHUNK`` environment variable overrides it (a positive number of edges, or ``off``
+for one program per row), which is how tests force splits on small graphs and how the device check
+compares both schedules.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor
 
+from graphscale.errors import ConfigError
 from graphscale.ops.csr import CSR
 
-__all__ = ["spmm", "softmax_aggr", "TritonSpMM", "TritonSoftmaxAggr"]
+__all__ = ["spmm", "softmax_aggr", "TritonSpMM", "TritonSoftmaxAggr", "CHUNK_ENV", "schedule_of"]
+
+CHUNK_ENV = "GRAPHSCALE_TRITON_CHUNK"
 
 
 def _kernels():
@@ -20,13 +33,36 @@ def _kernels():
     return mk, sk
 
 
+def _chunk_setting() -> int | None:
+    """Edges per work item from ``GRAPHSCALE_TRITON_CHUNK``: an int, 0 for off, None = default."""
+    raw = os.environ.get(CHUNK_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("off", "0"):
+        return 0
+    if not raw.isdigit():
+        raise ConfigError(f"{CHUNK_ENV}={raw!r}: expected a positive number of edges per work item, or 'off'")
+    return int(raw)
+
+
+def schedule_of(adj: CSR):
+    """The cached row-split schedule of ``adj`` (None: one program per row)."""
+    from graphscale_triton.schedule import build_schedule, default_chunk
+    chunk = _chunk_setting()
+    if chunk == 0:
+        return None
+    if chunk is None:
+        chunk = default_chunk(adj.num_rows, adj.num_edges)
+    return adj.cached(("triton_schedule", chunk), lambda: build_schedule(adj.rowptr, chunk))
+
+
 class TritonSpMM(torch.autograd.Function):
     """sum / mean / max / min SpMM; backward over the cached transposed CSR."""
 
     @staticmethod
     def forward(ctx, adj: CSR, x: Tensor, w: Tensor | None, reduce: str):
         mk, _ = _kernels()
-        out, arg = mk.spmm_forward(adj.rowptr, adj.col, x, w, reduce)
+        out, arg = mk.spmm_forward(adj.rowptr, adj.col, x, w, reduce, schedule=schedule_of(adj))
         ctx.adj, ctx.reduce = adj, reduce
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None,
                               w if ctx.needs_input_grad[1] else None, arg)
@@ -40,7 +76,7 @@ class TritonSpMM(torch.autograd.Function):
         at = adj.t()
         gx, gw = mk.spmm_backward(adj.rowptr, at.rowptr, at.col, at.perm, g.contiguous(), x, w, arg,
                                   ctx.reduce, adj.num_cols, need_x=ctx.needs_input_grad[1],
-                                  need_weight=ctx.needs_input_grad[2])
+                                  need_weight=ctx.needs_input_grad[2], schedule=schedule_of(at))
         return None, gx, gw, None
 
 
@@ -50,7 +86,7 @@ class TritonSoftmaxAggr(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: CSR, x: Tensor, t: Tensor, ea: Tensor | None, relu: bool, eps: float):
         _, sk = _kernels()
-        out, lse = sk.softmax_aggr_forward(adj.rowptr, adj.col, x, t, ea, relu, eps)
+        out, lse = sk.softmax_aggr_forward(adj.rowptr, adj.col, x, t, ea, relu, eps, schedule=schedule_of(adj))
         ctx.adj, ctx.relu, ctx.eps = adj, relu, eps
         ctx.save_for_backward(x, ea, t, out, lse)
         return out
@@ -63,7 +99,7 @@ class TritonSoftmaxAggr(torch.autograd.Function):
         at = adj.t()
         gx, gea, gt = sk.softmax_aggr_backward(at.rowptr, at.col, at.perm, g.contiguous(), x, t, ea, out, lse,
                                                ctx.relu, ctx.eps, need_edge_attr=ctx.needs_input_grad[3],
-                                               need_t=ctx.needs_input_grad[2])
+                                               need_t=ctx.needs_input_grad[2], schedule=schedule_of(at))
         return None, gx, gt, gea, None, None
 
 

@@ -12,6 +12,13 @@ c mod H`` and takes the low 16 bits for ``c < H``, the high 16 bits otherwise (t
 computes each hash once for both; recomputing it per value here is free next to the memory traffic). ``8 // bits`` codes
 share a byte, the first in the lowest bits.
 
+Tuning: ``BLOCK_B`` (bytes per program) and ``num_warps`` are autotuned keyed on the packed row
+width ``NB`` and ``BITS`` (:mod:`graphscale_triton.tuning`; the tests pin each config and check it
+bit for bit against the torch reference). Both kernels only store, so re-running them while tuning
+is harmless. Both launch with ``enable_fp_fusion=False``: a GPU compile would otherwise contract
+``(x - mn) * inv + u`` (and ``mn + code * scale``) into one FMA, rounding once where the torch
+reference rounds twice, and the codes would no longer match the reference bit for bit.
+
 Plain launchers only (DESIGN.md rule 4): tensors in, tensors out; dispatch and fallbacks live in
 graphscale. Depends on torch and triton only.
 """
@@ -21,7 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["quantize_pack_forward", "unpack_dequantize_forward"]
+from graphscale_triton.tuning import TunedKernel
+
+__all__ = ["quantize_pack_forward", "unpack_dequantize_forward", "QUANTIZE", "DEQUANTIZE"]
 
 
 @triton.jit
@@ -97,18 +106,27 @@ def _unpack_dequantize_kernel(
     tl.store(out_ptr + row.to(tl.int64) * C + col, val.to(out_ptr.dtype.element_ty), mask=col < C)
 
 
-def _block_bytes(nb: int) -> int:
-    # 256 bytes per program = 1024 2-bit values; a whole default group (256 values) or a typical node
-    # row (64-512 features) in one program.
-    return min(256, triton.next_power_of_2(max(nb, 1)))
+def _prune(configs, named_args, **kwargs):
+    # a block far wider than the packed row is all masked lanes
+    width = max(triton.next_power_of_2(max(int(named_args["NB"]), 1)), 64)
+    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= width]
+    return kept or configs[:1]
+
+
+# Candidates, not measurements (no GPU run yet): 256 bytes = 1024 2-bit values covers a default
+# group (256 values) or a typical node row (64-512 features) in one program.
+_CONFIGS = [triton.Config({"BLOCK_B": b}, num_warps=w) for b, w in ((64, 1), (128, 2), (256, 4), (512, 4), (256, 8))]
+QUANTIZE = TunedKernel("quantize", _quantize_pack_kernel, _CONFIGS, ["NB", "BITS"], prune=_prune)
+DEQUANTIZE = TunedKernel("dequantize", _unpack_dequantize_kernel, _CONFIGS, ["NB", "BITS"], prune=_prune)
 
 
 def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.Tensor, bits: int,
-                          key: int) -> torch.Tensor:
+                          key: int, *, config: int | None = None) -> torch.Tensor:
     """Stochastically quantize the rows of ``x2d [R, C]`` and pack them into ``uint8 [R, ceil(C*bits/8)]``.
 
     ``mn [R]`` (16-bit float) and ``inv_scale [R]`` (float32) come from the caller; ``key`` is a
-    uint32 stream key (the same key and input give the same codes).
+    uint32 stream key (the same key and input give the same codes). ``config`` pins
+    ``QUANTIZE.configs[config]`` instead of autotuning.
     """
     assert x2d.dim() == 2 and x2d.is_contiguous()
     R, C = x2d.shape
@@ -117,23 +135,20 @@ def quantize_pack_forward(x2d: torch.Tensor, mn: torch.Tensor, inv_scale: torch.
     out = torch.empty((R, nb), dtype=torch.uint8, device=x2d.device)
     if R == 0 or nb == 0:
         return out
-    block = _block_bytes(nb)
-    grid = (R, triton.cdiv(nb, block))
-    _quantize_pack_kernel[grid](x2d, mn, inv_scale, out, C, nb, key & 0xFFFFFFFF,
-                                BITS=bits, VPB=vpb, BLOCK_B=block)
+    QUANTIZE.launch(lambda meta: (R, triton.cdiv(nb, meta["BLOCK_B"])), x2d, mn, inv_scale, out, C, nb,
+                    key & 0xFFFFFFFF, BITS=bits, VPB=vpb, config=config, enable_fp_fusion=False)
     return out
 
 
 def unpack_dequantize_forward(packed: torch.Tensor, mn: torch.Tensor, scale: torch.Tensor, bits: int,
-                              cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of :func:`quantize_pack_forward` up to the rounding: ``[R, cols]`` values of ``dtype``."""
+                              cols: int, dtype: torch.dtype, *, config: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`quantize_pack_forward` up to the rounding: ``[R, cols]`` values of ``dtype``
+    (``config`` pins ``DEQUANTIZE.configs[config]``)."""
     assert packed.dim() == 2 and packed.is_contiguous()
     R, nb = packed.shape
     out = torch.empty((R, cols), dtype=dtype, device=packed.device)
     if R == 0 or nb == 0:
         return out
-    block = _block_bytes(nb)
-    grid = (R, triton.cdiv(nb, block))
-    _unpack_dequantize_kernel[grid](packed, mn, scale, out, cols, nb,
-                                    BITS=bits, VPB=8 // bits, BLOCK_B=block)
+    DEQUANTIZE.launch(lambda meta: (R, triton.cdiv(nb, meta["BLOCK_B"])), packed, mn, scale, out, cols, nb,
+                      BITS=bits, VPB=8 // bits, config=config, enable_fp_fusion=False)
     return out
