@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel processes on this machine, started through torchrun (one per GPU; gloo "
                         "processes on CPU); see docs/distributed.md")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a process group and train under DDP even with one process (same as "
+                        "train.distributed=true): checks gloo / nccl and the communication hooks on one device")
     p.set_defaults(func=_run)
 
 
@@ -59,6 +62,8 @@ def _run(args) -> int:
         config = None
     if args.out:
         overrides.append(f"log.out={args.out}")
+    if args.distributed:
+        overrides.append("train.distributed=true")
     cfg = load_config(config, overrides)
 
     from graphscale.train import api, distributed

@@ -142,6 +142,8 @@ class TrainConfig:
     # Multi-process data parallel (torchrun / --nproc; graphscale.train.distributed, docs/distributed.md).
     grad_accum: int = _doc(1, "sampler steps per optimiser step, gradients averaged (global batch = "
                            "nproc x grad_accum steps)")
+    distributed: bool = _doc(False, "join a process group (gloo on CPU, nccl on GPU) and train under DDP even as a "
+                             "single process: runs the distributed path on one device (--distributed)")
     dist_timeout: float = _doc(600.0, "distributed: seconds before a rendezvous or collective that waits "
                                "on a missing rank fails")
     ddp_static_graph: bool = _doc(True, "DDP static_graph: the same parameters are used every step (handles "

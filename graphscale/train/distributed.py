@@ -154,8 +154,10 @@ def world_device(env: DistEnv, device: str) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-def setup(device: str, timeout_s: float, env: DistEnv | None = None) -> DistContext | None:
-    """Join the process group described by the environment; ``None`` for a 1-process job.
+def setup(device: str, timeout_s: float, env: DistEnv | None = None, force: bool = False) -> DistContext | None:
+    """Join the process group described by the environment; ``None`` for a 1-process job, unless
+    ``force`` (``train.distributed``): then a single process joins a group of one on 127.0.0.1 too, so
+    the distributed path (nccl, DDP, comm hooks) runs, and is checked, on one device.
 
     nccl when this rank computes on a GPU (after ``torch.cuda.set_device``), gloo on CPU. A
     process group that already exists (a caller initialised it) is used as is and left alone.
@@ -163,8 +165,12 @@ def setup(device: str, timeout_s: float, env: DistEnv | None = None) -> DistCont
     ``MASTER_ADDR``) is a :class:`~graphscale.errors.TrainingError` naming the address.
     """
     env = DistEnv.from_env() if env is None else env
-    if not env.distributed:
+    if not env.distributed and not force:
         return None
+    init = "env://"
+    if not env.distributed and not env.master_addr:  # a group of one, rendezvous on this host
+        env = DistEnv(0, 1, 0, "127.0.0.1", free_port())
+        init = f"tcp://{env.master_addr}:{env.master_port}"  # not env://: leave os.environ alone
     dev = world_device(env, device)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -175,7 +181,7 @@ def setup(device: str, timeout_s: float, env: DistEnv | None = None) -> DistCont
                               f"but the environment says rank {env.rank} of {env.world_size}")
         return DistContext(env, dev, dist.get_backend(), owns_group=False)
     try:
-        dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+        dist.init_process_group(backend, init_method=init, rank=env.rank, world_size=env.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": dev} if dev.type == "cuda" else {}))
     except (RuntimeError, TimeoutError, ValueError) as exc:  # DistStoreError is a RuntimeError

@@ -271,7 +271,7 @@ class Run:
         self.cfg, self.resume = cfg, resume
         self.resolved = to_dict(cfg)
         # Under torchrun: join the process group (None in a 1-process job; docs/distributed.md).
-        self.dist = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
+        self.dist = distributed.setup(cfg.train.device, cfg.train.dist_timeout, force=cfg.train.distributed)
         self.rank, self.world_size = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         self.is_main = self.rank == 0
         self.dir = RunDir(cfg.log.out, self.is_main)

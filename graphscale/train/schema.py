@@ -20,7 +20,7 @@ from graphscale.train.config import Config, explicit_keys
 _ALWAYS = {
     "data": ("name", "root"),
     "log": ("out", "progress"),
-    "train": ("mode", "seed", "device", "lr", "weight_decay", "grad_clip", "eval_every", "dist_timeout",
+    "train": ("mode", "seed", "device", "lr", "weight_decay", "grad_clip", "eval_every", "distributed", "dist_timeout",
               "ddp_static_graph", "ddp_find_unused", "comm_hook"),
 }
 _SYNTHETIC = ("like", "scale", "num_nodes", "num_edges", "avg_degree", "num_communities", "p_intra", "seed")

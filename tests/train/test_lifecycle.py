@@ -180,3 +180,13 @@ def test_sigterm_to_the_launcher_stops_every_worker(data_root, tmp_path):
     assert _workers_of(out) == []
     state = load_checkpoint(os.path.join(out, "checkpoint.pt"))  # the last checkpoint is whole
     assert state["epoch"] >= 1 and not os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_distributed_flag_runs_one_process_under_ddp(data_root, tmp_path):
+    import torch.distributed as dist
+
+    before = dict(os.environ)
+    res = train(_cfg(data_root, str(tmp_path / "d"), "train.distributed=true", "train.epochs=1"))
+    assert res["distributed"]["world_size"] == 1 and res["distributed"]["backend"] == "gloo"
+    assert not dist.is_initialized()  # the group it made is gone again
+    assert dict(os.environ) == before  # the rendezvous did not leak torchrun variables into this process
