@@ -69,6 +69,22 @@ class GNTKConfig:
         if self.scale not in SCALES:
             raise ConfigError(f"gntk scale must be one of {SCALES}, got {self.scale!r}")
 
+    @property
+    def name(self) -> str:
+        """Short name, e.g. ``L1-R2-degree-jk`` (``-jk`` only with jumping knowledge); :meth:`parse` reads it."""
+        return f"L{self.layers}-R{self.mlp_layers}-{self.scale}{'-jk' if self.jk else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> "GNTKConfig":
+        """The config named by ``text`` (``L<layers>-R<mlp layers>-<uniform|degree>[-jk]``, as :attr:`name`)."""
+        parts = text.split("-")
+        ok = (len(parts) in (3, 4) and parts[0][:1] == "L" and parts[0][1:].isdigit() and parts[1][:1] == "R"
+              and parts[1][1:].isdigit() and parts[2] in SCALES and (len(parts) == 3 or parts[3] == "jk"))
+        if not ok:
+            raise ConfigError(f"gntk configuration {text!r}: expected L<layers>-R<mlp layers>-<uniform|degree>[-jk], "
+                              f"e.g. L11-R3-degree-jk")
+        return cls(int(parts[0][1:]), int(parts[1][1:]), parts[2], len(parts) == 4)
+
 
 # ------------------------------------------------------------------------ shared recursion pieces
 def relu_update(sigma: Tensor, ntk: Tensor, d_r: Tensor, d_c: Tensor) -> tuple[Tensor, Tensor]:

@@ -155,3 +155,14 @@ def test_layer_grams_chunks_resume_and_are_not_mixed_with_plain_chunks(graphs, t
     with pytest.raises(ConfigError, match="another computation"):
         gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False) is None or \
             layer_grams(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False)
+
+
+def test_config_name_round_trips_and_bad_names_are_refused():
+    for cfg in (GNTKConfig(11, 3, "degree", True), GNTKConfig(1, 2, "uniform", False)):
+        assert GNTKConfig.parse(cfg.name) == cfg
+    assert GNTKConfig(1, 2, "degree", True).name == "L1-R2-degree-jk"
+    for bad in ("L1-R2", "L1-R2-mean", "1-2-degree", "Lx-R2-degree", "L1-R2-degree-kj", "L1-R2-degree-jk-x"):
+        with pytest.raises(ConfigError, match=repr(bad)):
+            GNTKConfig.parse(bad)
+    with pytest.raises(ConfigError, match="layers must be an integer >= 1"):
+        GNTKConfig.parse("L0-R2-degree")
