@@ -435,7 +435,11 @@ def _gram(graphs, cfg, features, dtype, device, chunk_nodes, chunk_dir, progress
         # 1 thread 0.44 s / 0.20 s (the threaded element-wise passes on cache-sized chunks mostly spin).
         torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Each worker sets its own intra-op threads on start: torch applies the global setting to a new thread
+        # only at its first large element-wise op, so until then (measured with mkl_get_max_threads: the whole
+        # first block pair of each worker when the blocks are small) MKL ran there with the process default.
+        init = (torch.set_num_threads, (1,)) if cpu else (None, ())
+        with ThreadPoolExecutor(max_workers=max(1, workers), initializer=init[0], initargs=init[1]) as pool:
             nd = len(blocks)
             for phase in (pairs[:nd], pairs[nd:]):  # diagonal blocks first: they give the normalisers
                 for (i, j), (vals, d) in zip(phase, pool.map(lambda p: compute(*p), phase)):
