@@ -87,7 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-#: Options that only mean something in one mode: (attribute, flag, applies with --node, applies without).
+#: Options used only by graph-level runs, and only with --cv (given elsewhere, they are refused, not ignored).
 _GRAPH_ONLY = ("degree_as_tag", "chunk_nodes", "workers", "compile", "resume", "keep_chunks", "cv")
 _CV_ONLY = ("c_grid", "jobs")
 
@@ -97,9 +97,9 @@ def _flag(attr: str) -> str:
 
 
 def _set(args, attr: str) -> bool:
-    """Whether the user gave the option (every option here defaults to None or False)."""
+    """Whether the user gave the option (each of these defaults to None, or False for plain flags)."""
     v = getattr(args, attr)
-    return v is not None and v is not False
+    return v is not None if attr == "degree_as_tag" else (v is not None and v is not False)
 
 
 def validate(args) -> None:

@@ -90,6 +90,7 @@ BAD_OPTIONS = [
     (["--max-bytes", "1e9"], "--max-bytes 1e+09: only used with --node"),
     (["--node", "--cv"], "--cv: not used with --node"),
     (["--node", "--chunk-nodes", "8"], "--chunk-nodes: not used with --node"),
+    (["--node", "--no-degree-as-tag"], "--degree-as-tag: not used with --node"),
     (["--node", "--max-bytes", "-1"], "--max-bytes -1"),
 ]
 
