@@ -242,10 +242,15 @@ def run(args) -> int:
         gram = gram_matrix(ds.graphs, cfg, dtype=dtype, device=args.device, chunk_nodes=args.chunk_nodes,
                            chunk_dir=chunk_dir, progress=not args.no_progress, compile=args.compile,
                            workers=args.workers)
-    except BaseException:
+    except BaseException as exc:
         # Finished chunks are kept for a rerun to resume; a folder this run made and filled with nothing is not.
-        if fresh and os.path.isdir(chunk_dir) and not any(f.startswith("chunk_") for f in os.listdir(chunk_dir)):
+        kept = os.path.isdir(chunk_dir) and any(f.startswith("chunk_") for f in os.listdir(chunk_dir))
+        if fresh and os.path.isdir(chunk_dir) and not kept:
             shutil.rmtree(chunk_dir, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full, folder removed or made read-only while computing
+            raise ConfigError(f"cannot write the chunk folder {chunk_dir!r}: {exc.strerror or exc}"
+                              + ("; the finished chunks are kept there: rerun the same command to resume"
+                                 if kept else "")) from None
         raise
     seconds = time.perf_counter() - t0
     _save(out, lambda fh: np.save(fh, gram))

@@ -175,3 +175,27 @@ def test_cli_help_is_plain_and_complete(capsys):
     text = capsys.readouterr().out
     assert "``" not in text and ":class:" not in text and ":func:" not in text
     assert "(default:" not in text  # argparse's own default suffix doubled the hand-written defaults
+
+
+def test_cli_disk_error_mid_kernel_is_a_message_and_keeps_finished_chunks(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import graphscale.gntk.kernel as K
+
+    _write(tmp_path / "data")
+    real, calls = K._save_atomic, []
+
+    def full_after_two(path, **arrays):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, **arrays)
+
+    monkeypatch.setattr(K, "_save_atomic", full_after_two)
+    out = tmp_path / "g.npy"
+    rc = main(["gntk", "--data", str(tmp_path / "data"), "--dataset", "TOY", "--no-progress", "--out", str(out),
+               "--chunk-nodes", "16", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and "rerun the same command" in err and "Traceback" not in err
+    assert len([f for f in os.listdir(tmp_path / "g.npy.chunks") if f.startswith("chunk_")]) == 2
+    assert not out.exists()
