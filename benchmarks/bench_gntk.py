@@ -1,25 +1,24 @@
-"""GNTK benchmark: Gram-matrix speed and memory per data set, the reference approach on the same
-machine, and 10-fold kernel-SVM accuracy against the GNTK paper's Table 1.
+"""GNTK benchmark: Gram-matrix speed and memory per data set, and 10-fold kernel-SVM accuracy against the
+GNTK paper's Table 1.
 
-Sections (rows go to ``benchmarks/results/gntk_<section>.csv`` and all of them to ``gntk.json``, tagged
-with device, versions and the machine's load):
+Sections (each a table ``<stem>.csv`` + ``<stem>.json`` written through :mod:`graphscale.bench.output`:
+a fresh ``runs/bench/gntk-<timestamp>/`` by default, ``--out benchmarks/results --overwrite`` to update the
+committed tables; the environment and the load average at the start are recorded with every table):
 
-* ``speed``: ``graphscale.gntk.gram_matrix`` on each data set, in a fresh process per data set: wall and
-  CPU seconds, graphs/s and pairs/s, peak RSS (and RSS before the computation, for the increment).
-* ``reference``: the reference approach of the authors' code (numpy, one pair at a time, scipy
-  ``kron(A1, A2)`` aggregation, a ``multiprocessing.Pool`` of ``--ref-procs`` workers; the
-  unbatched oracle of ``tests/gntk/kron_oracle.py``) on MUTAG, and on a random subset of the
-  IMDB-BINARY pairs (time per pair extrapolated to all pairs, marked as such); speed-up and the
-  largest relative difference of the two Gram matrices.
-* ``accuracy``: for every data set and every configuration of a small grid, the Gram matrix and the
-  10-fold SVM accuracy (the paper's protocol: the C with the best mean test accuracy over the shipped
-  folds, raw and normalised Gram; see ``graphscale/gntk/svm.py``); the best row per data set next to
-  the paper's number.
+* ``speed`` (``gntk_speed``): ``graphscale.gntk.gram_matrix`` on each data set, in a fresh process per data
+  set: wall and CPU seconds, graphs/s and pairs/s, peak RSS (and RSS before the computation, for the
+  increment). The comparison with the authors' own code is ``benchmarks/gntk_vs_authors.py --sections speed``.
+* ``accuracy`` (``gntk_accuracy``): for every data set and every configuration of a small grid, the Gram
+  matrix and the 10-fold SVM accuracy (the paper's protocol: the C with the best mean test accuracy over the
+  shipped folds, raw and normalised Gram; see ``graphscale/gntk/svm.py``); the best row per data set next to
+  the paper's number. ``--grid paper`` runs the paper's search instead (``gntk_grid_<SET>``, below).
 
 Usage::
 
-    python benchmarks/bench_gntk.py --sections speed reference
+    python benchmarks/bench_gntk.py --sections speed
     python benchmarks/bench_gntk.py --sections accuracy --datasets MUTAG PTC --grid small
+    python benchmarks/bench_gntk.py --sections accuracy --grid paper --datasets PTC ... \
+        --out benchmarks/results --overwrite      # continue the committed grid table
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ import itertools
 import json
 import os
 import platform
-import random
 import resource
 import subprocess
 import sys
@@ -39,17 +37,15 @@ import time
 import numpy as np
 import torch
 
+from graphscale.bench.output import ResultWriter, add_output_args
 from graphscale.data.graph_classification import load_graph_dataset
+from graphscale.errors import ConfigError, GraphscaleError
+from graphscale.gntk.cli import default_data_root
 from graphscale.gntk.kernel import GNTKConfig, combine_layers, gram_matrix, layer_grams
 from graphscale.gntk.svm import cross_validate, default_c_grid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.environ.get("GRAPHSCALE_RESULTS", os.path.join(HERE, "results"))
-SHARED = os.environ.get("GRAPHSCALE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
-GIN = os.path.join(SHARED, "GIN_format", "dataset")
+NAME = "gntk"
 CACHE = os.path.join(os.environ.get("GRAPHSCALE_CACHE", os.path.expanduser("~/.cache/graphscale")), "gntk")
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "gntk"))
-import kron_oracle  # noqa: E402  (the unbatched test oracle doubles as the reference approach)
 
 DATASETS = ["MUTAG", "PTC", "PROTEINS", "NCI1", "IMDBBINARY", "IMDBMULTI"]
 #: Du et al. 2019, Table 1 (10-fold accuracy, best over their grid).
@@ -58,49 +54,17 @@ PAPER = {"MUTAG": (90.0, 8.5), "PTC": (67.9, 6.9), "PROTEINS": (75.6, 4.2), "NCI
 
 
 def env() -> dict:
+    """Per-row context (the table's JSON holds the full environment, with the load at the start)."""
     ver = {p: importlib.metadata.version(p) for p in ("torch", "numpy", "scipy", "scikit-learn")}
     return {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
-            "note": "2-core machine shared with 4 other engineers while measured: wall times are noisy",
-            **ver}
-
-
-def write(section: str, rows: list[dict], to_json: bool = True) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    if not rows:
-        return
-    keys = sorted({k for r in rows for k in r})
-    path = os.path.join(RESULTS, f"gntk_{section}.csv")
-    new = not os.path.exists(path)
-    if not new:
-        with open(path) as f:
-            old_keys = next(csv.reader(f), [])
-        if set(old_keys) != set(keys):  # a different schema: start the file over
-            new = True
-    with open(path, "w" if new else "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys if new else old_keys, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    if not to_json:  # the grid's CSVs (one per data set, written by concurrent runs) are the record
-        return
-    jpath = os.path.join(RESULTS, "gntk.json")
-    data = json.load(open(jpath)) if os.path.exists(jpath) else {}
-    data.setdefault(section, []).extend(rows)
-    with open(jpath + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(jpath + ".tmp", jpath)
-
-
-def _cfg_str(c: GNTKConfig) -> str:
-    return f"L{c.layers}-R{c.mlp_layers}-{c.scale}{'-jk' if c.jk else ''}"
+            "torch_threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2), **ver}
 
 
 # ------------------------------------------------------------------------------------ speed
-def child_speed(name: str, cfg: GNTKConfig, dtype: str, compile_: bool, workers: int | None) -> dict:
+def child_speed(name: str, data: str, cfg: GNTKConfig, dtype: str, compile_: bool, workers: int | None) -> dict:
     """Runs in a fresh process: one Gram matrix, times and peak RSS."""
-    ds = load_graph_dataset(name, GIN)
+    ds = load_graph_dataset(name, data)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if compile_:  # compile once on a tiny input so the timing below is the steady state
         gram_matrix(ds.graphs[:4], cfg, dtype=getattr(torch, dtype), progress=False, compile=True)
@@ -110,71 +74,28 @@ def child_speed(name: str, cfg: GNTKConfig, dtype: str, compile_: bool, workers:
     g = len(ds)
     pairs = g * (g + 1) // 2
     return {"dataset": name, "graphs": g, "pairs": pairs, "nodes": int(ds.num_nodes().sum()),
-            "config": _cfg_str(cfg), "dtype": dtype, "compile": compile_, "workers": workers or torch.get_num_threads(),
+            "config": cfg.name, "dtype": dtype, "compile": compile_, "workers": workers or torch.get_num_threads(),
             "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2), "graphs_per_s": round(g / wall, 1), "pairs_per_s": round(pairs / wall),
             "rss_before_mib": round(rss0 / 2**20), "peak_rss_mib": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**20)}
 
 
-def speed(datasets, cfg, dtype, compile_, workers) -> list[dict]:
+def speed(datasets, data, cfg, dtype, compile_, workers) -> list[dict]:
     rows = []
     for name in datasets:
-        cmd = [sys.executable, __file__, "--child", name, "--layers", str(cfg.layers), "--mlp-layers",
+        cmd = [sys.executable, __file__, "--child", name, "--data", data, "--layers", str(cfg.layers), "--mlp-layers",
                str(cfg.mlp_layers), "--scale", cfg.scale, "--dtype", dtype] + (["--no-jk"] if not cfg.jk else []) + \
               (["--compile"] if compile_ else []) + (["--workers", str(workers)] if workers else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr[-2000:], file=sys.stderr)
+        if out.returncode:  # no row for it: say so loudly, the table is written without it
+            print(f"speed {name}: the measuring process failed (exit {out.returncode}):\n{out.stderr[-2000:]}",
+                  file=sys.stderr)
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row.update(env())
         print(f"speed {name}: {row['wall_s']} s wall ({row['cpu_s']} s CPU), {row['pairs_per_s']:,} pairs/s, "
               f"peak RSS {row['peak_rss_mib']} MiB", flush=True)
-        rows.append(row)
-    return rows
-
-
-# ------------------------------------------------------------------------------------ reference
-_REF: dict = {}
-
-
-def _ref_pair(t):
-    i, j = t
-    g, n, cfg = _REF["graphs"], _REF["norms"], _REF["cfg"]
-    sums, _ = kron_oracle._walk(g[i][0], g[i][1], g[j][0], g[j][1], cfg.layers, cfg.mlp_layers, cfg.scale, n[i], n[j])
-    return 2.0 * (sum(sums) if cfg.jk else sums[-1])
-
-
-def reference(cfg: GNTKConfig, procs: int, imdb_pairs: int) -> list[dict]:
-    from multiprocessing import get_context
-
-    rows = []
-    for name, sample in (("MUTAG", None), ("IMDBBINARY", imdb_pairs)):
-        ds = load_graph_dataset(name, GIN)
-        t0 = time.perf_counter()
-        graphs = [(kron_oracle.adjacency(g.num_nodes, g.edges), ds.features(i)) for i, g in enumerate(ds.graphs)]
-        norms = [kron_oracle._walk(a, x, a, x, cfg.layers, cfg.mlp_layers, cfg.scale)[1] for a, x in graphs]
-        prep = time.perf_counter() - t0
-        _REF.update(graphs=graphs, norms=norms, cfg=cfg)
-        all_pairs = [(i, j) for i in range(len(graphs)) for j in range(i, len(graphs))]
-        pairs = all_pairs if sample is None else random.Random(0).sample(all_pairs, sample)
-        t0 = time.perf_counter()
-        with get_context("fork").Pool(procs) as pool:
-            vals = pool.map(_ref_pair, pairs, chunksize=64)
-        ref_wall = prep + (time.perf_counter() - t0) * len(all_pairs) / len(pairs)
-        t0 = time.perf_counter()
-        ours = gram_matrix(ds.graphs, cfg, progress=False)
-        our_wall = time.perf_counter() - t0
-        idx = np.array(pairs)
-        rel = float(np.max(np.abs(ours[idx[:, 0], idx[:, 1]] - vals) / np.abs(vals)))
-        row = {"dataset": name, "config": _cfg_str(cfg), "reference_procs": procs,
-               "reference_pairs_timed": len(pairs), "pairs": len(all_pairs),
-               "reference_s": round(ref_wall, 2), "reference_extrapolated": sample is not None,
-               "graphscale_s": round(our_wall, 2), "speedup": round(ref_wall / our_wall, 1),
-               "max_rel_diff": rel, **env()}
-        print(f"reference {name}: reference {row['reference_s']} s{' (extrapolated)' if sample else ''} vs "
-              f"graphscale {row['graphscale_s']} s -> {row['speedup']}x, max rel diff {rel:.1e}", flush=True)
         rows.append(row)
     return rows
 
@@ -195,13 +116,14 @@ def grids(kind: str, name: str) -> list[GNTKConfig]:
     return [GNTKConfig(L, R, s, True) for L, R, s in itertools.product(layers, mlp, ("uniform", "degree"))]
 
 
-def accuracy(datasets, kind: str, dtype: str, compile_: bool, c_points: int) -> list[dict]:
-    rows = []
+def accuracy(writer: ResultWriter, datasets, data: str, kind: str, dtype: str, compile_: bool,
+             c_points: int) -> list[dict]:
+    rows, done = [], []
     for name in datasets:
-        ds = load_graph_dataset(name, GIN)
+        ds = load_graph_dataset(name, data)
         best = None
         for cfg in grids(kind, name):
-            path = os.path.join(CACHE, f"{name}-{_cfg_str(cfg)}-{dtype}.npy")
+            path = os.path.join(CACHE, f"{name}-{cfg.name}-{dtype}.npy")
             t0 = time.perf_counter()
             if os.path.exists(path):
                 gram, secs = np.load(path), float("nan")
@@ -213,7 +135,7 @@ def accuracy(datasets, kind: str, dtype: str, compile_: bool, c_points: int) -> 
                 np.save(path, gram)
             res = cross_validate(gram, ds.labels, ds.folds, c_grid=default_c_grid(c_points))
             for variant, v in res["variants"].items():
-                row = {"dataset": name, "config": _cfg_str(cfg), "dtype": dtype, "variant": variant,
+                row = {"dataset": name, "config": cfg.name, "dtype": dtype, "variant": variant,
                        "best_C": v["best_C"], "acc_mean": round(100 * v["best_mean"], 2),
                        "acc_std": round(100 * v["best_std"], 2), "gram_s": round(secs, 1), "folds": ds.meta["folds"],
                        "c_grid": f"logspace(-2,4,{c_points})",
@@ -222,14 +144,15 @@ def accuracy(datasets, kind: str, dtype: str, compile_: bool, c_points: int) -> 
                 rows.append(row)
                 if best is None or row["acc_mean"] > best["acc_mean"]:
                     best = row
-            print(f"accuracy {name} {_cfg_str(cfg)}: raw {100 * res['variants']['raw']['best_mean']:.2f} / "
+            print(f"accuracy {name} {cfg.name}: raw {100 * res['variants']['raw']['best_mean']:.2f} / "
                   f"normalized {100 * res['variants']['normalized']['best_mean']:.2f} (gram {secs:.1f} s)", flush=True)
         print(f"BEST {name}: {best['config']} {best['variant']}: {best['acc_mean']} +- {best['acc_std']} "
               f"(paper {PAPER[name][0]} +- {PAPER[name][1]})", flush=True)
         rows.append({**best, "variant": "BEST:" + best["variant"]})
-        write("accuracy", rows)  # per data set, so an interrupted run keeps what it finished
+        done += rows
+        writer.write_table("gntk_accuracy", done)  # per data set, so an interrupted run keeps what it finished
         rows = []
-    return rows
+    return done
 
 
 # ------------------------------------------------------------------------------------ paper grid
@@ -265,7 +188,7 @@ def _layer_pass(ds, name: str, L: int, R: int, scale: str, dtype: str, compile_:
     return parts, secs
 
 
-def paper_grid(datasets, args) -> None:
+def paper_grid(writer: ResultWriter, datasets, args) -> None:
     """The paper's protocol over its hyper-parameter grid, with one kernel pass per (R, scale).
 
     For each data set and each (R, scale): one :func:`layer_grams` pass at the largest L gives the Gram
@@ -274,7 +197,9 @@ def paper_grid(datasets, args) -> None:
     configurations so far get the full grid. With ``--c-grid 120`` every C tried is one of the
     reference's 120, so the best row is the maximum over a subset of the paper's grid: never above what
     the full search would give (the default 25-point grid is not a subset of it).
-    Rows (one per config and Gram variant) go to ``gntk_grid_<DATASET>.csv`` as they finish; a rerun skips them.
+    Rows (one per config and Gram variant) go to ``gntk_grid_<DATASET>.csv`` as they finish (the whole table is
+    rewritten each time). A rerun into the same ``--out`` with ``--overwrite`` keeps the rows already there and
+    skips their configurations.
     """
     full = default_c_grid(args.c_grid)
     coarse = full[:: args.c_stride]
@@ -283,12 +208,13 @@ def paper_grid(datasets, args) -> None:
         lo, hi = args.c_range
         coarse = coarse[(coarse >= lo) & (coarse <= hi)]
         if not coarse.size:
-            raise SystemExit(f"--c-range {lo} {hi} holds none of the coarse C values {full[:: args.c_stride]}")
+            raise ConfigError(f"--c-range {lo} {hi} holds none of the coarse C values {full[:: args.c_stride]}")
         coarse_name += f" in [{lo:g},{hi:g}]"
     grid_name = {id(full): f"logspace(-2,4,{args.c_grid})", id(coarse): coarse_name}
     for name in datasets:
-        path = os.path.join(RESULTS, f"gntk_grid_{name}.csv")
-        ds = load_graph_dataset(name, GIN)
+        path = writer.path(f"gntk_grid_{name}.csv")
+        table = list(_grid_done(path).values())  # rows of an earlier run (only with --overwrite: checked up front)
+        ds = load_graph_dataset(name, args.data)
         L_max = args.max_layers or max(PAPER_LAYERS.get(name, (1, 3)))
         eval_layers = args.eval_layers or list(range(1, L_max + 1))
         jks = [bool(j) for j in args.jk_list]
@@ -310,10 +236,10 @@ def paper_grid(datasets, args) -> None:
                                 scored[cfg_s] = max(scored.get(cfg_s, -1.0), float(r["acc_mean"]))
                         top = sorted(scored, key=lambda c: -scored[c])[: args.refine]
                         fine = {k[1] for k in done if k[0] == name and k[3] != grid_name[id(coarse)]}
-                        todo = [c for c in (_parse_cfg(t) for t in top) if _cfg_str(c) not in refined | fine]
-                        refined.update(_cfg_str(c) for c in todo)
+                        todo = [c for c in (GNTKConfig.parse(t) for t in top) if c.name not in refined | fine]
+                        refined.update(c.name for c in todo)
                     else:
-                        todo = [c for c in configs if (name, _cfg_str(c), args.variants[0], grid_name[id(cg)]) not in done]
+                        todo = [c for c in configs if (name, c.name, args.variants[0], grid_name[id(cg)]) not in done]
                     for cfg in todo:
                         p = parts if (cfg.mlp_layers, cfg.scale) == (R, scale) else \
                             _layer_pass(ds, name, L_max, cfg.mlp_layers, cfg.scale, args.dtype, args.compile)[0]
@@ -324,7 +250,7 @@ def paper_grid(datasets, args) -> None:
                         if cg is full and args.refine_window:
                             jobs = []
                             for variant in args.variants:
-                                r = done.get((name, _cfg_str(cfg), variant, grid_name[id(coarse)]))
+                                r = done.get((name, cfg.name, variant, grid_name[id(coarse)]))
                                 i = int(np.argmin(np.abs(np.log(full) - np.log(float(r["best_C"]))))) if r else 0
                                 a, b = (max(0, i - args.refine_window), min(len(full), i + args.refine_window + 1)) \
                                     if r else (0, len(full))
@@ -336,7 +262,7 @@ def paper_grid(datasets, args) -> None:
                                                  variants=variants)
                             cv_s = time.perf_counter() - t0
                             for variant, v in res["variants"].items():
-                                rows.append({"dataset": name, "config": _cfg_str(cfg), "layers": cfg.layers,
+                                rows.append({"dataset": name, "config": cfg.name, "layers": cfg.layers,
                                              "mlp_layers": cfg.mlp_layers, "scale": cfg.scale, "jk": cfg.jk,
                                              "variant": variant, "c_grid": label, "best_C": v["best_C"],
                                              "acc_mean": round(100 * v["best_mean"], 2),
@@ -348,21 +274,17 @@ def paper_grid(datasets, args) -> None:
                                                                               float("nan")), 1),
                                              "cv_s": round(cv_s, 1), "dtype": args.dtype, "folds": ds.meta["folds"],
                                              "paper_mean": PAPER[name][0], "paper_std": PAPER[name][1], **env()})
-                        write(f"grid_{name}", rows, to_json=False)
-                        print(f"grid {name} {_cfg_str(cfg)}: "
+                        table += rows
+                        writer.write_table(f"gntk_grid_{name}", table)
+                        print(f"grid {name} {cfg.name}: "
                               + " / ".join(f"{r['variant']} {r['acc_mean']} ({r['c_grid']})" for r in rows)
                               + f" (cv {sum(float(r['cv_s']) for r in rows):.0f} s)", flush=True)
-        grid_best(name)
+        grid_best(path, name)
 
 
-def _parse_cfg(s: str) -> GNTKConfig:
-    parts = s.split("-")
-    return GNTKConfig(int(parts[0][1:]), int(parts[1][1:]), parts[2], parts[-1] == "jk")
-
-
-def grid_best(name: str) -> dict | None:
-    """The best row of ``gntk_grid_<name>.csv`` for a data set (the paper's reported number), printed."""
-    rows = list(_grid_done(os.path.join(RESULTS, f"gntk_grid_{name}.csv")).values())
+def grid_best(path: str, name: str) -> dict | None:
+    """The best row of a ``gntk_grid_<name>.csv`` (the paper's reported number), printed."""
+    rows = list(_grid_done(path).values())
     if not rows:
         return None
     best = max(rows, key=lambda r: float(r["acc_mean"]))
@@ -372,29 +294,30 @@ def grid_best(name: str) -> dict | None:
     return best
 
 
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sections", nargs="+", default=["speed", "reference"],
-                   choices=["speed", "reference", "accuracy"])
-    p.add_argument("--datasets", nargs="+", default=DATASETS)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--mlp-layers", type=int, default=2)
-    p.add_argument("--scale", default="degree")
-    p.add_argument("--no-jk", action="store_true")
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--ref-procs", type=int, default=2)
-    p.add_argument("--imdb-pairs", type=int, default=20000, help="IMDB-B pairs timed for the reference")
+    p.add_argument("--sections", nargs="+", default=["speed"], choices=["speed", "accuracy"],
+                   help="speed: Gram matrix time and memory per data set; accuracy: 10-fold SVM accuracy")
+    p.add_argument("--data", default=default_data_root(), help="GIN-format data root (<NAME>/<NAME>.txt)")
+    p.add_argument("--datasets", nargs="+", default=DATASETS, help="data set names")
+    p.add_argument("--layers", type=int, default=1, help="speed: BLOCK operations L")
+    p.add_argument("--mlp-layers", type=int, default=2, help="speed: ReLU layers per BLOCK R")
+    p.add_argument("--scale", default="degree", choices=["uniform", "degree"], help="speed: neighbour scaling")
+    p.add_argument("--no-jk", action="store_true", help="speed: no jumping-knowledge readout")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="kernel precision")
+    p.add_argument("--compile", action="store_true", help="fuse the ReLU update with torch.compile")
+    p.add_argument("--workers", type=int, default=None, help="block pairs in parallel (default: torch threads)")
     p.add_argument("--grid", default="small", choices=["default", "small", "full", "paper"],
                    help="accuracy grid; 'paper': the paper's search with one layer pass per (R, scale)")
     p.add_argument("--max-layers", type=int, default=None,
                    help="--grid paper: L of the layer pass (default 13 for NCI1 / PTC, 3 otherwise)")
     p.add_argument("--eval-layers", type=int, nargs="+", default=None,
                    help="--grid paper: L values scored (default 1..max-layers)")
-    p.add_argument("--mlp-list", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--scales", nargs="+", default=["uniform", "degree"], choices=["uniform", "degree"])
-    p.add_argument("--jk-list", type=int, nargs="+", default=[1, 0], choices=[0, 1])
+    p.add_argument("--mlp-list", type=int, nargs="+", default=[1, 2, 3], help="--grid paper: R values")
+    p.add_argument("--scales", nargs="+", default=["uniform", "degree"], choices=["uniform", "degree"],
+                   help="--grid paper: scalings")
+    p.add_argument("--jk-list", type=int, nargs="+", default=[1, 0], choices=[0, 1],
+                   help="--grid paper: jumping knowledge on (1) / off (0)")
     p.add_argument("--c-stride", type=int, default=10,
                    help="--grid paper: first score every c-stride-th C of the --c-grid values")
     p.add_argument("--c-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -407,23 +330,40 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="parallel SVM fits")
     p.add_argument("--variants", nargs="+", default=["raw", "normalized"], choices=["raw", "normalized"],
                    help="--grid paper: Gram variants scored (raw = gram / min, normalized = cosine)")
-    p.add_argument("--c-grid", type=int, default=25)
+    p.add_argument("--c-grid", type=int, default=25, help="number of C values in [1e-2, 1e4]")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    cfg = GNTKConfig(args.layers, args.mlp_layers, args.scale, not args.no_jk)
-    if args.child:
-        print(json.dumps(child_speed(args.child, cfg, args.dtype, args.compile, args.workers)))
-        return
-    for section in args.sections:
-        if section == "speed":
-            write("speed", speed(args.datasets, cfg, args.dtype, args.compile, args.workers))
-        elif section == "reference":
-            write("reference", reference(cfg, args.ref_procs, args.imdb_pairs))
-        elif args.grid == "paper":
-            paper_grid(args.datasets, args)
-        else:
-            accuracy(args.datasets, args.grid, args.dtype, args.compile, args.c_grid)
+    add_output_args(p, NAME)
+    args = p.parse_args(argv)
+    try:
+        cfg = GNTKConfig(args.layers, args.mlp_layers, args.scale, not args.no_jk)
+        if args.child:
+            print(json.dumps(child_speed(args.child, args.data, cfg, args.dtype, args.compile, args.workers)))
+            return 0
+        default_c_grid(args.c_grid)
+        writer = ResultWriter.from_args(args, NAME, "cpu" if not torch.cuda.is_available() else "cuda")
+        stems = []
+        for section in args.sections:
+            if section == "speed":
+                stems.append("gntk_speed")
+            elif args.grid == "paper":
+                stems += [f"gntk_grid_{name}" for name in args.datasets]
+            else:
+                stems.append("gntk_accuracy")
+        writer.check(*stems)  # an existing table without --overwrite fails now, before any measurement
+        for section in args.sections:
+            if section == "speed":
+                writer.write_table("gntk_speed", speed(args.datasets, args.data, cfg, args.dtype, args.compile,
+                                                       args.workers))
+            elif args.grid == "paper":
+                paper_grid(writer, args.datasets, args)
+            else:
+                accuracy(writer, args.datasets, args.data, args.grid, args.dtype, args.compile, args.c_grid)
+        print("wrote " + ", ".join(writer.written) if writer.written else "no new rows (all were in the tables already)")
+    except GraphscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

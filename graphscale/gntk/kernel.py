@@ -69,6 +69,22 @@ class GNTKConfig:
         if self.scale not in SCALES:
             raise ConfigError(f"gntk scale must be one of {SCALES}, got {self.scale!r}")
 
+    @property
+    def name(self) -> str:
+        """Short name, e.g. ``L1-R2-degree-jk`` (``-jk`` only with jumping knowledge); :meth:`parse` reads it."""
+        return f"L{self.layers}-R{self.mlp_layers}-{self.scale}{'-jk' if self.jk else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> "GNTKConfig":
+        """The config named by ``text`` (``L<layers>-R<mlp layers>-<uniform|degree>[-jk]``, as :attr:`name`)."""
+        parts = text.split("-")
+        ok = (len(parts) in (3, 4) and parts[0][:1] == "L" and parts[0][1:].isdigit() and parts[1][:1] == "R"
+              and parts[1][1:].isdigit() and parts[2] in SCALES and (len(parts) == 3 or parts[3] == "jk"))
+        if not ok:
+            raise ConfigError(f"gntk configuration {text!r}: expected L<layers>-R<mlp layers>-<uniform|degree>[-jk], "
+                              f"e.g. L11-R3-degree-jk")
+        return cls(int(parts[0][1:]), int(parts[1][1:]), parts[2], len(parts) == 4)
+
 
 # ------------------------------------------------------------------------ shared recursion pieces
 def relu_update(sigma: Tensor, ntk: Tensor, d_r: Tensor, d_c: Tensor) -> tuple[Tensor, Tensor]:
@@ -419,7 +435,11 @@ def _gram(graphs, cfg, features, dtype, device, chunk_nodes, chunk_dir, progress
         # 1 thread 0.44 s / 0.20 s (the threaded element-wise passes on cache-sized chunks mostly spin).
         torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # Each worker sets its own intra-op threads on start: torch applies the global setting to a new thread
+        # only at its first large element-wise op, so until then (measured with mkl_get_max_threads: the whole
+        # first block pair of each worker when the blocks are small) MKL ran there with the process default.
+        init = (torch.set_num_threads, (1,)) if cpu else (None, ())
+        with ThreadPoolExecutor(max_workers=max(1, workers), initializer=init[0], initargs=init[1]) as pool:
             nd = len(blocks)
             for phase in (pairs[:nd], pairs[nd:]):  # diagonal blocks first: they give the normalisers
                 for (i, j), (vals, d) in zip(phase, pool.map(lambda p: compute(*p), phase)):

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphscale.errors import DataError
+from graphscale.errors import ConfigError, DataError
 
 #: The reference search grid is ``np.logspace(-2, 4, 120)``; 25 points over the same range select
 #: the same decade at a fifth of the cost (use ``c_grid=default_c_grid(120)`` for the full one).
 def default_c_grid(num: int = 25) -> np.ndarray:
-    """``num`` values of ``C`` log-spaced over ``[1e-2, 1e4]`` (the reference search range)."""
+    """``num >= 1`` values of ``C`` log-spaced over ``[1e-2, 1e4]`` (the reference search range)."""
+    if not isinstance(num, (int, np.integer)) or num < 1:
+        raise ConfigError(f"the number of C values must be an integer >= 1, got {num!r}")
     return np.logspace(-2, 4, num)
 
 
@@ -31,6 +33,11 @@ def _check(gram: np.ndarray, labels: np.ndarray, folds) -> None:
         raise DataError(f"labels must be [G={g}], got {list(labels.shape)}")
     if not np.all(np.isfinite(gram)):
         raise DataError("Gram matrix holds non-finite values")
+    check_folds(folds, g)
+
+
+def check_folds(folds, g: int) -> None:
+    """Each fold is ``(train_idx, test_idx)``, both non-empty, within ``[0, g)``, and disjoint."""
     if not folds:
         raise DataError("no folds given")
     for k, (tr, te) in enumerate(folds):
@@ -66,7 +73,9 @@ def cross_validate(gram: np.ndarray, labels: np.ndarray, folds, *, c_grid=None,
     gram = np.asarray(gram, dtype=np.float64)
     labels = np.asarray(labels)
     _check(gram, labels, folds)
-    c_grid = default_c_grid() if c_grid is None else np.asarray(c_grid, dtype=np.float64)
+    c_grid = default_c_grid() if c_grid is None else np.asarray(c_grid, dtype=np.float64).reshape(-1)
+    if c_grid.size == 0 or not np.all(c_grid > 0):
+        raise ConfigError(f"SVM C values must be a non-empty list of positive numbers, got {c_grid.tolist()}")
 
     def fit(k, tr, te, c):
         import warnings

@@ -4,8 +4,7 @@ Written from the equations of Du et al. (NeurIPS 2019, Section 4) independently 
 ``graphscale.gntk.kernel``: the pair state is the vector ``vec(Sigma)`` of length ``n1 * n2``, the
 aggregation multiplies it by ``c (.) (A1 (x) A2)`` with ``A = adjacency + I``, and every quantity
 of a pair is recomputed from scratch (the self pairs that give the ReLU normalisers included).
-It is also the "reference approach" comparator timed by ``benchmarks/bench_gntk.py`` (one pair at a
-time, numpy + ``scipy.sparse.kron``, as the authors' ``gntk.py`` does).
+It is a test oracle only: speed is compared with the authors' own code (``benchmarks/gntk_vs_authors.py``).
 """
 from __future__ import annotations
 

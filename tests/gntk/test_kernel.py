@@ -155,3 +155,40 @@ def test_layer_grams_chunks_resume_and_are_not_mixed_with_plain_chunks(graphs, t
     with pytest.raises(ConfigError, match="another computation"):
         gram_matrix(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False) is None or \
             layer_grams(graphs, cfg, chunk_nodes=12, chunk_dir=str(tmp_path / "plain"), progress=False)
+
+
+def test_config_name_round_trips_and_bad_names_are_refused():
+    for cfg in (GNTKConfig(11, 3, "degree", True), GNTKConfig(1, 2, "uniform", False)):
+        assert GNTKConfig.parse(cfg.name) == cfg
+    assert GNTKConfig(1, 2, "degree", True).name == "L1-R2-degree-jk"
+    for bad in ("L1-R2", "L1-R2-mean", "1-2-degree", "Lx-R2-degree", "L1-R2-degree-kj", "L1-R2-degree-jk-x"):
+        with pytest.raises(ConfigError, match=repr(bad)):
+            GNTKConfig.parse(bad)
+    with pytest.raises(ConfigError, match="layers must be an integer >= 1"):
+        GNTKConfig.parse("L0-R2-degree")
+
+
+def _mkl_max_threads():
+    """``mkl_get_max_threads`` of torch's bundled MKL (the calling thread's setting), or None."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*"))
+    try:
+        return ctypes.CDLL(libs[0]).mkl_get_max_threads if libs else None
+    except (OSError, AttributeError):
+        return None
+
+
+def test_every_worker_computes_with_one_intra_op_thread(graphs, monkeypatch):
+    # gram_matrix runs block pairs in worker threads with one intra-op thread each. torch applies its thread
+    # setting to a new thread lazily (at the first large element-wise op), so before the fix the first block
+    # pair of every worker ran its matmuls with MKL at the process default.
+    mkl = _mkl_max_threads()
+    if mkl is None or torch.get_num_threads() < 2:
+        pytest.skip("needs torch's MKL and at least 2 intra-op threads")
+    seen = []
+    real = K.block_pair
+    monkeypatch.setattr(K, "block_pair", lambda *a, **kw: seen.append(mkl()) or real(*a, **kw))
+    gram_matrix(graphs, GNTKConfig(2, 1, "uniform", False), chunk_nodes=4, workers=2, progress=False)
+    assert len(seen) > 4 and set(seen) == {1}, seen

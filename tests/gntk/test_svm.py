@@ -41,3 +41,18 @@ def test_bad_folds():
         cross_validate(g, y, [(np.array([0, 1]), np.array([7]))])
     with pytest.raises(DataError, match="square"):
         cross_validate(np.ones((3, 4)), y, [(np.array([0]), np.array([1]))])
+
+
+def test_empty_or_bad_c_grid_is_refused():
+    from graphscale.errors import ConfigError
+    from graphscale.gntk.svm import default_c_grid
+
+    g = np.eye(4) + 1
+    y = np.array([0, 1, 0, 1])
+    folds = [(np.array([0, 1]), np.array([2, 3]))]
+    for bad in ([], [0.0, 1.0], [-1.0]):
+        with pytest.raises(ConfigError, match="C values"):
+            cross_validate(g, y, folds, c_grid=bad)
+    with pytest.raises(ConfigError, match="number of C values"):
+        default_c_grid(0)
+    assert default_c_grid(1).tolist() == [0.01]
