@@ -66,12 +66,21 @@ CASES = [
     ("synth-root-under-a-file", lambda t: ["data", "synth", "--root", _under_a_file(t)],
      "cannot write the synthetic data set under"),
     ("bad-like", lambda t: ["train", *TINY, "data.like=ogbn-papers100m"], "'ogbn-papers100m' is not one of"),
+    # graphscale gntk: every option is checked before any data is read or written
+    ("gntk-c-grid-0", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--cv", "--c-grid", "0"], "--c-grid"),
+    ("gntk-cuda-without-cuda", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--device", "cuda"],
+     "cuda"),
+    ("gntk-out-under-a-file", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--out",
+                                         _under_a_file(t) + ".npy"], "a-file"),
+    ("gntk-layers-0", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--layers", "0"], "--layers"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_message(case, tmp_path):
     name, setup, expected = case
+    if "cuda" in name and torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the without-CUDA error cannot happen")
     argv = setup(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

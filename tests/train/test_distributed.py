@@ -29,6 +29,11 @@ TINY = ["data.name=synthetic-proteins", "data.num_nodes=600", "data.avg_degree=8
         "train.device=cpu", "train.dist_timeout=60"]
 # Each model family (and the Cluster-GCN sampler) under DDP: name -> extra overrides. Dropout 0 so
 # runs are comparable.
+def _base(name: str) -> list[str]:
+    """TINY without the keys model ``name`` does not read (DEQ-GNN has no layer count)."""
+    return [o for o in TINY if not (name == "deq-gnn" and o.startswith("model.num_layers="))]
+
+
 MODEL_CASES = {
     "deepergcn": [],
     "revgnn": ["model.name=revgnn", "model.num_groups=2", "model.num_layers=3"],
@@ -209,8 +214,8 @@ def test_deep_and_compressed_models_under_ddp(data_root, tmp_path):
         if name == "compressed":  # stochastic rounding draws differ per rank: equal replicas is the claim
             continue
         one = str(tmp_path / f"one-{name}")
-        train(load_config(None, TINY + extra + ["train.epochs=1", f"data.root={data_root}", f"log.out={one}",
-                                                "train.grad_accum=2"]))
+        train(load_config(None, _base(name) + extra + ["train.epochs=1", f"data.root={data_root}",
+                                                       f"log.out={one}", "train.grad_accum=2"]))
         _close(_model(one), r0, atol=1e-4)
 
     # Communication hooks: bytes counted in the hook and reported by rank 0.
@@ -320,8 +325,7 @@ def _worker(argv: list[str]) -> int:
         os.makedirs(out, exist_ok=True)
         _hook_checks(out)
         for name, extra in MODEL_CASES.items():
-            base = [o for o in TINY if not (name == "deq-gnn" and o.startswith("model.num_layers="))]
-            cfg = load_config(None, base + extra + ["train.epochs=1", f"data.root={data_root}",
+            cfg = load_config(None, _base(name) + extra + ["train.epochs=1", f"data.root={data_root}",
                                                     f"log.out={out}/{name}"])
             trainer = Trainer(cfg)
             trainer.run()

@@ -129,7 +129,7 @@ def _worker(argv: list[str]) -> int:
         if main(["train", *_args(name, root, os.path.join(out, name), ctrl)]) != 0:
             return 1
     # L-GCN killed on every rank when layer 2 starts (after layer 1's checkpoint), then resumed.
-    real_layer = layerwise.train_layer
+    real_layer = layerwise_trainer.train_layer
 
     def killed(model, layer, *args, **kw):
         if layer == 1:
@@ -138,10 +138,10 @@ def _worker(argv: list[str]) -> int:
         return real_layer(model, layer, *args, **kw)
 
     resumed = _args("lgcn", root, os.path.join(out, "lgcn-resumed"), ctrl)
-    layerwise.train_layer = killed
+    layerwise_trainer.train_layer = killed
     if main(["train", *resumed]) != 130:  # the CLI's exit status after a KeyboardInterrupt
         return 1
-    layerwise.train_layer = real_layer
+    layerwise_trainer.train_layer = real_layer
     if main(["train", *resumed, "--resume"]) != 0:
         return 1
     dist.destroy_process_group()
