@@ -79,8 +79,7 @@ def test_predict_and_select_on_validation():
         predict(kern, y, tr, te, method="knn")
 
 
-@pytest.mark.slow
-def test_cora_accuracy(shared_data):
+def test_cora_accuracy(shared_data):  # 10 CPU-s: in the default suite (it was marked slow and never ran)
     from graphscale.gntk.node import evaluate_planetoid
 
     res = evaluate_planetoid("cora", str(shared_data / "planetoid"), GNTKConfig(2, 1, "degree", True),
