@@ -109,7 +109,14 @@ class ResultWriter:
 
     def __init__(self, name: str, out: str | None = None, overwrite: bool = False, device: str | None = None):
         self.name = name
-        self.out = out if out else default_out(name)
+        if not out:
+            # a fresh folder: two runs started in the same second get -2, -3, ... rather than sharing one
+            out = base = default_out(name)
+            k = 1
+            while os.path.exists(out):
+                k += 1
+                out = f"{base}-{k}"
+        self.out = out
         self.overwrite = overwrite
         self.env = environment(device)
         self.written: list[str] = []
