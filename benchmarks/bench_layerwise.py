@@ -219,6 +219,15 @@ def _main(argv) -> int:
         except ValueError:
             raise ConfigError(f"--l2o-rule {args.l2o_rule!r}: expected median, mean or a number") from None
 
+    if "l2gcn" in args.methods and not args.merge:
+        from graphscale.bench.layerwise_runs import settings
+        for ds in args.datasets:
+            s = {**settings(ds), **{k: v for k, v in overrides.items()}}
+            epochs = args.layer_epochs if args.layer_epochs is not None else int(s["layer_epochs"])
+            if epochs < int(s["l2o_min_epochs"]):
+                raise ConfigError(f"--layer-epochs {epochs}: L2-GCN on {ds} decides from epoch "
+                                  f"{s['l2o_min_epochs']} (l2o_min_epochs); give at least that many, or "
+                                  f"--set l2o_min_epochs=N")
     writer = ResultWriter.from_args(args, NAME)
     meta = {"threads": args.threads,
             "command": "python benchmarks/bench_layerwise.py " + " ".join(argv if argv is not None else sys.argv[1:])}
