@@ -105,6 +105,8 @@ def add_parser(subparsers) -> None:
                    help="CPU only: also run one profiled step and record its peak of live tensor bytes "
                         "above the start of the step (the CPU counterpart of CUDA max allocated)")
     p.add_argument("--note", default="", help="free text stored with the results")
+    p.add_argument("--replot", default=None, metavar="FILE.json",
+                   help="measure nothing: draw TAG.png from the rows of an earlier run's JSON")
     p.add_argument("--quick", action="store_true",
                    help=f"small smoke run: depths {QUICK['depths']}, {QUICK['nodes']} nodes, "
                         f"{QUICK['edges']} edges, {QUICK['steps']} timed step (options given explicitly win)")
@@ -349,6 +351,8 @@ def run(args) -> int:
     from graphscale.errors import ConfigError, GraphscaleError
     from graphscale.memory.accounting import peak_rss_subprocess
 
+    if args.replot:
+        return replot(args)
     depths, models = resolve_args(args)  # every option checked before anything is created or measured
     device = args.device
     if device == "auto":
@@ -459,23 +463,51 @@ def _command(args) -> str:
 
 
 def _write(writer, rows: list[dict], args, finished: bool) -> list[str]:
+    """CSV + JSON + PNG of the rows so far (rewritten after every row: a stopped sweep keeps them all)."""
     extra = {"command": _command(args), "note": args.note, "finished": finished, "ratios": _ratios(rows)}
     paths = list(writer.write_table(args.tag, rows, extra))
-    if finished:
-        title = caption(rows, writer.env, args)
-        paths.append(writer.write_file(args.tag + ".png", lambda fh: plot(rows, fh, title)))
+    title = caption(rows, writer.env, args.note, finished)
+    paths.append(writer.write_file(args.tag + ".png", lambda fh: plot(rows, fh, title)))
     return paths
 
 
-def caption(rows: list[dict], env: dict, args) -> str:
-    r = rows[0]
-    load = env.get("load_average_at_start")
-    return (f"random graph: {args.nodes:,} nodes, {args.edges:,} edges, {args.channels} channels, "
-            f"{args.groups} groups; blocks LayerNorm -> ReLU -> SAGEConv\n"
-            f"{r['device']} ({r.get('device_name', '')}), torch threads {rows[0].get('threads', '?')}, "
-            f"torch {env.get('torch')}, PyG {env.get('torch_geometric', '?')}, "
-            f"load average at start {load[0] if load else '?'}, commit {env.get('git_commit')}"
-            + (f"\n{args.note}" if args.note else ""))
+def replot(args) -> int:
+    """``--replot FILE.json``: draw the figure of an earlier run from its JSON (nothing is measured)."""
+    import json
+
+    from graphscale.bench.output import ResultWriter
+    from graphscale.errors import ConfigError
+
+    try:
+        with open(args.replot) as fh:
+            doc = json.load(fh)
+        rows, env = doc["rows"], doc["environment"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--replot {args.replot!r}: not the JSON of a memory-depth run ({exc})") from None
+    if not any(r.get("error") is None for r in rows):
+        raise ConfigError(f"--replot {args.replot!r}: no measured row to draw")
+    for r in rows:  # rows written before peak_growth_bytes was recorded
+        if r.get("peak_kind") == "cpu_peak_rss" and "peak_growth_bytes" not in r and r.get("process_base_rss"):
+            r["peak_growth_bytes"] = r["peak_bytes"] - r["process_base_rss"]
+    writer = ResultWriter.from_args(args, NAME)
+    writer.check(args.tag, suffixes=(".png",))
+    title = caption(rows, env, doc.get("note", ""), bool(doc.get("finished", True)))
+    print("wrote " + writer.write_file(args.tag + ".png", lambda fh: plot(rows, fh, title)))
+    return 0
+
+
+def caption(rows: list[dict], env: dict, note: str = "", finished: bool = True) -> str:
+    r = next(r for r in rows if r.get("error") is None)
+    load, commit = env.get("load_average_at_start"), env.get("git_commit")
+    device = r.get("device") or env.get("device", "?")
+    return (f"random graph: {r['nodes']:,} nodes, {r['edges']:,} edges, {r['channels']} channels, "
+            f"{r['groups']} groups; blocks LayerNorm -> ReLU -> SAGEConv\n"
+            f"{device}{' (' + r['device_name'] + ')' if r.get('device_name') else ''}, "
+            f"torch threads {r.get('threads', '?')}, torch {env.get('torch', '?')}, "
+            f"PyG {env.get('torch_geometric', '?')}"
+            + (f", load average at start {load[0]}" if load else "") + (f", commit {commit}" if commit else "")
+            + ("" if finished else "\nrun stopped before the sweep finished: the rows measured so far")
+            + (f"\n{note}" if note else ""))
 
 
 # Each model has its own colour, marker and line style, so lines that coincide (reversible,
@@ -550,6 +582,9 @@ def plot(rows: list[dict], fh, title: str) -> None:
     panels = [(held_key, held_label), (peak_key, peak_label), ("ms_per_layer", "training step time per layer (ms)")]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.4))
     depths = sorted({r["depth"] for r in ok})
+    if not profiled and any(r["model"] == "pyg-rev" for r in ok):
+        panels[0] = (held_key, held_label + "\n(PyG GroupAddRev not drawn: the hooks miss the output it keeps "
+                     "on ctx)")
     for ax, (key, label) in zip(axes, panels):
         values, series = [], {}
         for model in MODELS:
@@ -573,10 +608,6 @@ def plot(rows: list[dict], fh, title: str) -> None:
         ax.set_xlabel("depth (layers)")
         ax.set_title(label, fontsize=9.5)
         ax.grid(True, which="major", alpha=0.3)
-    if not profiled and any(r["model"] == "pyg-rev" for r in ok):
-        axes[0].text(0.02, 0.02, "PyG GroupAddRev not drawn here: saved-tensor hooks miss the output it keeps\n"
-                     "on ctx (run without --no-profile to compare everyone with the profiler)",
-                     transform=axes[0].transAxes, fontsize=7.5, va="bottom")
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
