@@ -91,3 +91,24 @@ def test_a_run_that_measured_nothing_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "every configuration failed, nothing written" in err and "Timeout" in err
     assert not out.exists() or os.listdir(out) == []
+
+
+def _row(model, depth, act, held=None):
+    return {"model": model, "depth": depth, "nodes": 60, "edges": 240, "channels": 8, "groups": 2, "error": None,
+            "activation_bytes": act, "held_bytes_profiler": held, "peak_bytes": 2**28, "peak_kind": "cpu_peak_rss",
+            "process_base_rss": 2**27, "step_s": 0.01 * depth, "ms_per_layer": 10.0, "device": "cpu", "threads": 1}
+
+
+def test_replot_draws_an_earlier_runs_rows_and_rejects_what_is_not_one(tmp_path, capsys):
+    src = tmp_path / "old.json"
+    rows = [_row(m, d, a * d if m == "residual" else a) for d in (1, 10) for m, a in
+            (("residual", 5_000_000), ("reversible", 2_560_000), ("pyg-rev", 1_280_000))]
+    src.write_text(json.dumps({"environment": {"torch": "x"}, "rows": rows}))
+    out = tmp_path / "out"
+    assert _bench("--replot", str(src), "--out", str(out)) == 0
+    assert os.listdir(out) == ["memory_depth.png"]  # the figure only: the rows are the old run's
+    assert (out / "memory_depth.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{}")
+    assert _bench("--replot", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out2")) == 2
+    assert "not the JSON of a memory-depth run" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
