@@ -352,6 +352,14 @@ def run(args) -> int:
     from graphscale.memory.accounting import peak_rss_subprocess
 
     if args.replot:
+        defaults = {"depths": None, "models": ",".join(MODELS), "nodes": None, "edges": None, "channels": 64,
+                    "groups": 2, "steps": None, "linear_max_depth": None, "device": "auto", "timeout": 1800,
+                    "threads": 0, "malloc_default": False, "no_profile": False, "tensor_peak": False, "note": "",
+                    "quick": False}
+        given = [k for k, v in defaults.items() if getattr(args, k) != v]
+        if given:  # nothing is measured: a measuring option would be silently ignored
+            raise ConfigError(f"--replot draws the rows of an earlier run and measures nothing; it takes only "
+                              f"--tag, --out and --overwrite, not {', '.join('--' + k.replace('_', '-') for k in given)}")
         return replot(args)
     depths, models = resolve_args(args)  # every option checked before anything is created or measured
     device = args.device
