@@ -573,7 +573,7 @@ def plot(rows: list[dict], fh, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    ok = [r for r in rows if r.get("error") is None]
+    ok = [dict(r) for r in rows if r.get("error") is None]  # copies: derived columns stay out of the rows
     # Panel 1 compares one instrument across models: the profiler's bytes held after the forward
     # when every model was profiled; otherwise the exact count, without PyG (whose ctx stash the
     # saved-tensor hooks cannot see: drawn from the hooks it would show half the bytes it holds).
@@ -587,7 +587,14 @@ def plot(rows: list[dict], fh, title: str) -> None:
         peak_key, peak_label = "peak_growth_bytes", "peak RSS above the process's RSS after imports (MiB)"
     else:
         peak_key, peak_label = "peak_bytes", "peak memory (MiB, CUDA max allocated)"
-    panels = [(held_key, held_label), (peak_key, peak_label), ("ms_per_layer", "training step time per layer (ms)")]
+    if all(r.get("threads") == 1 and r.get("step_cpu_s") is not None for r in ok):
+        # one thread: the process's CPU time is the step's work, whatever else runs on the machine
+        for r in ok:
+            r["cpu_ms_per_layer"] = 1000 * r["step_cpu_s"] / r["depth"]
+        time_key, time_label = "cpu_ms_per_layer", "training step CPU time per layer (ms, 1 thread)"
+    else:
+        time_key, time_label = "ms_per_layer", "training step wall time per layer (ms)"
+    panels = [(held_key, held_label), (peak_key, peak_label), (time_key, time_label)]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.4))
     depths = sorted({r["depth"] for r in ok})
     if not profiled and any(r["model"] == "pyg-rev" for r in ok):
@@ -598,7 +605,7 @@ def plot(rows: list[dict], fh, title: str) -> None:
         for model in MODELS:
             if key == "activation_bytes" and model == "pyg-rev":
                 continue
-            scale = 1.0 if key == "ms_per_layer" else 2.0 ** 20
+            scale = 1.0 if key.endswith("ms_per_layer") else 2.0 ** 20
             pts = sorted((r["depth"], r[key] / scale) for r in ok if r["model"] == model and r.get(key) is not None)
             if pts:
                 ax.plot(*zip(*pts), label=LABEL[model], **STYLE[model])
