@@ -4,8 +4,8 @@ Runs ``graphscale train CONFIG [key=value ...]`` for each recipe, each in a fres
 temporary output folder, and records per run: the metric and its value (best validation score and
 test score at the best validation epoch, from the run's ``results.json``), the epochs, the training
 seconds the trainer reports, the wall seconds of the whole command (data loading or writing
-included), the peak RSS of the process (``os.wait4``'s ``ru_maxrss``) and the peak memory the
-trainer itself reports.
+included), the CPU seconds and peak RSS of the process (``os.wait4``'s rusage) and the peak memory
+the trainer itself reports.
 
     python benchmarks/bench_recipes.py                                  # quickstart + Cora GCN
     python benchmarks/bench_recipes.py --recipes "configs/cora/gcn.yaml train.seed=1"
@@ -82,6 +82,7 @@ def run_recipe(config: str, overrides: list[str], work: str, timeout: float) -> 
             "metric": res.get("metric"), "best_valid": res.get("best_valid"),
             "test_at_best_valid": res.get("test_at_best_valid"), "best_epoch": res.get("best_epoch"),
             "epochs": res.get("epochs"), "train_seconds": res.get("seconds"), "wall_seconds": wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,  # less sensitive to other jobs than wall time
             "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
             "trainer_peak_memory_bytes": res.get("peak_memory_bytes"), "device": res.get("device"),
             "num_parameters": res.get("num_parameters"), "command": "graphscale train " + " ".join(
