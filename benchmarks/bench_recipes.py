@@ -95,6 +95,7 @@ def main(argv=None) -> int:
                    help="recipes to run, each 'CONFIG.yaml [key=value ...]' in one quoted string "
                         f"(default: {' '.join(DEFAULT_RECIPES)})")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default 3600)")
+    p.add_argument("--tag", default=NAME, help=f"file name stem of the results: TAG.csv and TAG.json (default {NAME})")
     p.add_argument("--note", default="", help="free text stored with the results")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
@@ -103,7 +104,9 @@ def main(argv=None) -> int:
         if not args.timeout > 0:
             raise ConfigError(f"--timeout {args.timeout}: expected seconds > 0")
         writer = ResultWriter.from_args(args, NAME)
-        writer.check(NAME)
+        if not args.tag or any(c in args.tag for c in "/\\") or args.tag.startswith("."):
+            raise ConfigError(f"--tag {args.tag!r}: expected a file name stem without folders, like recipes")
+        writer.check(args.tag)
         work = tempfile.mkdtemp(prefix="bench-recipes-")
         rows = []
         try:
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
                       f"{r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print("wrote " + ", ".join(writer.write_table(NAME, rows, {"note": args.note})))
+        print("wrote " + ", ".join(writer.write_table(args.tag, rows, {"note": args.note})))
     except GraphscaleError as exc:
         print(f"bench_recipes: error: {exc}", file=sys.stderr)
         return 2
