@@ -1,8 +1,8 @@
 """Cluster-GCN partitioning benchmark: partition quality and cost, batch assembly vs compute, loader
 memory, and accuracy against full-batch training.
 
-Questions, one section each (rows go to ``benchmarks/results/partition_<section>.csv`` and all of them
-to ``partition.json``, tagged with device and versions):
+Questions, one section each (rows go to ``partition_<section>.{csv,json}`` through
+graphscale.bench.output: a fresh ``runs/bench/partition-<timestamp>/`` unless ``--out`` is given):
 
 * ``cut``: METIS (pymetis) vs random partition on planted-partition graphs of 1e4..1e6 nodes: time,
   edge cut, largest part / mean part (target: METIS cut >= 5x lower, sizes within ``imbalance``).
@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.metadata
 import json
 import os
@@ -36,11 +35,14 @@ import time
 
 import torch
 
+from graphscale.bench.output import ResultWriter, add_output_args
+from graphscale.errors import GraphscaleError
 from graphscale.sampling.cluster import ClusterGCNSampler, build_cluster_sampler
 from graphscale.sampling.partition import clear_memo, edge_cut, partition
 from graphscale.sampling.subgraph import full_graph
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+NAME = "partition"
+SECTIONS = ("cut", "epoch", "memory", "accuracy")
 SHARED = os.environ.get("GRAPHSCALE_SHARED_DATA",
                         os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 
@@ -75,11 +77,8 @@ def env_tags() -> dict:
     except (OSError, StopIteration):
         pass
     return {"device": f"cpu: {cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})",
-            "python": platform.python_version(), "torch": torch.__version__,
             "torch_geometric": _version("torch_geometric"), "pymetis": _version("pymetis"),
-            "pyg_lib": _version("pyg_lib"), "torch_sparse": _version("torch_sparse"),
-            "note": "2-core machine shared with other jobs while measured: timings are noisy; "
-                    "byte counts are exact"}
+            "pyg_lib": _version("pyg_lib"), "torch_sparse": _version("torch_sparse")}
 
 
 def pyg_cluster_data_status() -> str:
@@ -350,52 +349,50 @@ def bench_accuracy(datasets, seeds, num_parts=10, q=5):
 
 
 # ----------------------------------------------------------------------------------- main
-def write(rows: list, tags: dict, args) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
+def write(writer, rows: list, tags: dict, note: str) -> list[str]:
+    """One table per section: ``partition_<section>.csv`` / ``.json``."""
     by_section: dict[str, list] = {}
     for r in rows:
         by_section.setdefault(r["section"], []).append({**r, **tags})
+    paths = []
     for section, rs in by_section.items():
-        keys = list(dict.fromkeys(k for r in rs for k in r))
-        with open(os.path.join(RESULTS, f"partition_{section}.csv"), "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            for r in rs:
-                w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
-    # partition.json keeps the latest run of every section, each with the command that produced it.
-    path = os.path.join(RESULTS, "partition.json")
-    command = "python benchmarks/bench_partition.py " + " ".join(sys.argv[1:])
-    sections = {}
-    if os.path.isfile(path):
-        with open(path) as fh:
-            prev = json.load(fh)
-        for name, sec in prev.get("sections", {}).items():  # older files: a bare list of rows
-            sections[name] = sec if isinstance(sec, dict) else {"command": prev.get("command"), "rows": sec}
-    for name, rs in by_section.items():
-        sections[name] = {"command": command, "rows": rs}
-    with open(path, "w") as fh:
-        json.dump({"sections": sections}, fh, indent=1)
-    print(f"wrote {RESULTS}/partition.json and partition_<section>.csv", flush=True)
+        paths += writer.write_table(f"partition_{section}", rs, {"note": note})
+    return paths
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=["cut", "epoch", "memory", "accuracy"],
-                   choices=["cut", "epoch", "memory", "accuracy"])
-    p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000], help="cut: node counts")
-    p.add_argument("--epoch-sizes", nargs="+", type=int, default=[100_000], help="epoch: node counts")
-    p.add_argument("--memory-sizes", nargs="+", type=int, default=[100_000], help="memory: node counts")
-    p.add_argument("--datasets", nargs="+", default=["Cora", "CiteSeer"])
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="what to measure (default: all four)")
+    p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000],
+                   help="cut: node counts (default 10000 100000 1000000)")
+    p.add_argument("--epoch-sizes", nargs="+", type=int, default=[100_000], help="epoch: node counts (default 100000)")
+    p.add_argument("--memory-sizes", nargs="+", type=int, default=[100_000],
+                   help="memory: node counts (default 100000)")
+    p.add_argument("--datasets", nargs="+", default=["Cora", "CiteSeer"],
+                   help="accuracy: Planetoid data sets (default Cora CiteSeer)")
+    p.add_argument("--seeds", type=int, default=5, help="accuracy: seeds per variant (default 5)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on the shared 2-core machine, 2 threads per job "
+                   help="torch threads (default 1: on a busy 2-core machine, 2 threads per job "
                         "oversubscribe the cores; one epoch's batch assembly took 3x longer with 2)")
+    p.add_argument("--note", default="", help="free text stored with the results")
+    add_output_args(p, NAME)
     p.add_argument("--_rss-worker", nargs=4, metavar=("MODE", "PATH", "PARTS", "Q"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._rss_worker:
         mode, path, k, q = args._rss_worker
         print(json.dumps(rss_worker(mode, path, int(k), int(q))))
         return 0
+    if args.seeds < 1 or args.threads < 1 or min(args.sizes + args.epoch_sizes + args.memory_sizes) < 100:
+        print(f"bench_partition: error: expected --seeds >= 1, --threads >= 1 and node counts >= 100; got "
+              f"{args.seeds}, {args.threads}, {args.sizes + args.epoch_sizes + args.memory_sizes}", file=sys.stderr)
+        return 2
+    try:
+        writer = ResultWriter.from_args(args, NAME, "cpu")
+        writer.check(*(f"partition_{s}" for s in args.sections))
+    except GraphscaleError as exc:
+        print(f"bench_partition: error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     tags = env_tags()
     tags["pyg_cluster_data"] = pyg_cluster_data_status()
@@ -409,7 +406,11 @@ def main(argv=None) -> int:
         rows += bench_memory(args.memory_sizes)
     if "accuracy" in args.sections:
         rows += bench_accuracy(args.datasets, list(range(args.seeds)))
-    write(rows, tags, args)
+    if not rows:
+        print("bench_partition: error: nothing was measured (no data set found for the accuracy section?)",
+              file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(write(writer, rows, tags, args.note)))
     return 0
 
 

@@ -10,19 +10,24 @@ Usage::
 
     python benchmarks/synthetic_difficulty.py --datasets synthetic-arxiv-100k-hard synthetic-arxiv-1m \\
         --root /work/lwdata
+
+Writes ``synthetic_difficulty.{csv,json}`` (one row per data set) through graphscale.bench.output
+(a fresh ``runs/bench/synthetic-difficulty-<timestamp>/`` unless ``--out`` is given).
 """
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from graphscale.bench.layerwise_runs import PRESETS, load
+from graphscale.bench.output import ResultWriter, add_output_args
+from graphscale.errors import GraphscaleError
 
-from bench_layerwise import PRESETS, _load  # noqa: E402  (same presets and loader as the benchmark)
+NAME = "synthetic-difficulty"
 
 
 def probe(data, hops=(0, 1, 2)) -> dict:
@@ -42,16 +47,37 @@ def probe(data, hops=(0, 1, 2)) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["synthetic-arxiv-100k-hard"], choices=sorted(PRESETS))
-    p.add_argument("--root", default=os.path.join(HERE, "..", "data"), help="where synthetic sets are written")
-    args = p.parse_args()
-    for name in args.datasets:
-        acc = probe(_load(name, args.root))
-        print(f"{name}: nearest-class-mean test accuracy " +
-              ", ".join(f"K={k} {100 * a:.1f} %" for k, a in acc.items()), flush=True)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="How hard is a synthetic arxiv-kind set? Nearest-class-mean test "
+                                "accuracy of A_hat^K X for K = 0, 1, 2 (features alone, then 1 and 2 hops).")
+    p.add_argument("--datasets", nargs="+", default=["synthetic-arxiv-100k-hard"], choices=sorted(PRESETS),
+                   metavar="NAME", help="synthetic presets to probe, from " + ", ".join(sorted(PRESETS)) +
+                   " (default synthetic-arxiv-100k-hard)")
+    p.add_argument("--root", default=None,
+                   help="folder for the synthetic data sets (default: a temporary folder, removed at the end)")
+    add_output_args(p, NAME)
+    args = p.parse_args(argv)
+    try:
+        writer = ResultWriter.from_args(args, NAME, "cpu")
+        writer.check("synthetic_difficulty")
+        work = tempfile.mkdtemp(prefix="synthetic-difficulty-")
+        rows = []
+        try:
+            for name in args.datasets:
+                data = load(name, args.root or work)
+                acc = probe(data)
+                rows.append({"dataset": name, "num_nodes": data.num_nodes, "num_edges": data.num_edges,
+                             **PRESETS[name], **{f"nearest_mean_test_acc_k{k}": a for k, a in acc.items()}})
+                print(f"{name}: nearest-class-mean test accuracy " +
+                      ", ".join(f"K={k} {100 * a:.1f} %" for k, a in acc.items()), flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print("wrote " + ", ".join(writer.write_table("synthetic_difficulty", rows)))
+    except GraphscaleError as exc:
+        print(f"synthetic_difficulty: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

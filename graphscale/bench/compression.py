@@ -10,18 +10,17 @@ For GCN, GraphSAGE and GEN stacks and the RevGNN recipe on real data sets (Cora,
   regenerated from a seed (``*-seed``: 0 mask bytes) and the replaced layers with exact storage
   (``fp32-layers``: ``compress_model(disable=True)``, e.g. SAGE's reordered neighbour Linear alone);
 * time per training step (forward + backward + Adam), median over ``--time-steps``, each config
-  timed interleaved with a float32 twin (overhead = same-window ratio; the machine may be shared);
+  timed interleaved with a float32 twin (overhead = same-window ratio);
 * test accuracy at the best validation epoch, mean and std over ``--seeds`` seeds (float32 vs the
   ``--accuracy-configs``);
 * gradient error at initialisation: relative bias ``|E[g] - g_fp32| / |g_fp32|`` and relative
   standard deviation over ``--grad-draws`` quantization seeds (same dropout masks).
 
-Rows go to ``<out>/<tag>.csv`` and ``<out>/<tag>.json``, tagged with device, thread count and versions.
+Rows go through :mod:`graphscale.bench.output` to ``<out>/<tag>.csv`` and ``<out>/<tag>.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -53,30 +52,70 @@ def _spec(config: str):
 _MODELS = ("gcn", "sage", "gen", "revgnn")
 
 
+NAME = "compression"
+
+_DESCRIPTION = """\
+What 2-bit activation compression (ActNN / EXACT) saves and costs, for GCN, GraphSAGE and GEN
+stacks and the RevGNN recipe on Planetoid data sets (Cora, CiteSeer), in one run, on the same graph:
+
+  activation bytes   bytes autograd keeps for backward, counted exactly (parameters, the graph
+                     and the input features excluded), per configuration (--configs)
+  step time          forward + backward + Adam, median over --time-steps, each configuration
+                     timed interleaved with a float32 twin (the overhead is a same-window ratio)
+  accuracy           test accuracy at the best validation epoch, mean and std over --seeds
+                     seeds (float32 and the --accuracy-configs)
+  gradient error     relative bias and standard deviation of the gradient at initialisation over
+                     --grad-draws quantization seeds (same dropout masks)
+
+Configurations: fp32; fp32-layers (the replaced layers with exact storage); 8bit, 4bit, 2bit,
+1bit (layers, with hooks for message-passing internals); 2bit-rp (2 bits + random projection
+keeping 1/8, EXACT); 2bit-node (per-node statistics); 2bit-hooks (model-agnostic hooks);
+2bit-nofb (layers only); *-seed (dropout masks regenerated from a seed: 0 bytes);
+2bit-rp4-seed (projection keeping 1/4).
+
+Results: a CSV and a JSON (with versions, device, git commit and the load average at the start)
+in a new folder runs/bench/compression-<timestamp>/ unless --out is given."""
+
+
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("compression", help="activation compression: bytes, step time, accuracy, gradient error",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"])
+    from graphscale.bench.output import add_output_args
+
+    p = subparsers.add_parser(NAME, help="activation compression: bytes, step time, accuracy, gradient error",
+                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["cora", "citeseer"], metavar="NAME",
+                   help="Planetoid data sets to run on (default: cora citeseer)")
     p.add_argument("--root", default=os.path.join(os.environ.get("GRAPHSCALE_SHARED_DATA", "../shared/data"),
-                                                  "planetoid"), help="Planetoid data folder")
-    p.add_argument("--models", nargs="+", default=list(_MODELS), choices=_MODELS)
-    p.add_argument("--configs", nargs="+", default=list(_CONFIGS), choices=list(_CONFIGS))
+                                                  "planetoid"),
+                   help="folder holding the Planetoid data sets (default: $GRAPHSCALE_SHARED_DATA/planetoid, "
+                        "else ../shared/data/planetoid)")
+    p.add_argument("--models", nargs="+", default=list(_MODELS), choices=_MODELS, metavar="MODEL",
+                   help=f"models to run, from {', '.join(_MODELS)} (default: all)")
+    p.add_argument("--configs", nargs="+", default=list(_CONFIGS), choices=list(_CONFIGS), metavar="CONFIG",
+                   help="compression configurations to measure (default: all; fp32 is always included as "
+                        "the baseline)")
     p.add_argument("--accuracy-configs", nargs="*", default=["fp32", "2bit", "2bit-rp"], choices=list(_CONFIGS),
-                   help="configs trained for accuracy (none: skip training)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--time-steps", type=int, default=20)
-    p.add_argument("--grad-draws", type=int, default=16, help="quantization seeds for the gradient error (0: skip)")
+                   metavar="CONFIG",
+                   help="configurations also trained for accuracy (default: fp32 2bit 2bit-rp; give the "
+                        "option with no value to skip training)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden width of every model (default 128)")
+    p.add_argument("--layers", type=int, default=3, help="convolutions (or reversible blocks), at least 2 "
+                                                         "(default 3)")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability between layers (default 0.5)")
+    p.add_argument("--epochs", type=int, default=200, help="training epochs for the accuracy runs (default 200)")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam learning rate of the accuracy runs (default 0.01)")
+    p.add_argument("--weight-decay", type=float, default=5e-4,
+                   help="Adam weight decay of the accuracy runs (default 0.0005)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per accuracy run, at least 1 (default 3)")
+    p.add_argument("--time-steps", type=int, default=20,
+                   help="timed training steps per configuration (default 20; 0 skips the timing)")
+    p.add_argument("--grad-draws", type=int, default=16,
+                   help="quantization seeds for the gradient error (default 16; 0 skips it)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: stable timings on a shared machine)")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tag", default="compression")
-    p.add_argument("--note", default="", help="free text stored with every row (e.g. 'shared 2-core machine')")
+                   help="torch CPU threads (default 1: stable timings on a busy machine)")
+    p.add_argument("--tag", default="compression",
+                   help="file name stem of the results: TAG.csv and TAG.json (default compression)")
+    p.add_argument("--note", default="", help="free text stored with the results")
+    add_output_args(p, NAME)
     p.set_defaults(func=run)
 
 
@@ -244,26 +283,49 @@ def _grad_error(make, config: str, data, graph, draws: int) -> tuple[float, floa
 
 
 def _env() -> dict:
+    """Per-row tags (the writer's JSON holds the full environment)."""
     import torch
-    import torch_geometric
     from graphscale import _features
-    env = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-           "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    env = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if _features.WITH_TRITON:
         import triton
         env["triton"] = triton.__version__
     return env
 
 
-def run(args) -> int:
-    import torch
-    from graphscale.data import load_dataset
+def _check(args) -> None:
+    """Every option checked before anything is loaded, created or measured."""
     from graphscale.errors import ConfigError
 
-    if args.seeds < 1 or args.epochs < 1 or args.layers < 2:
-        raise ConfigError(f"need --seeds >= 1, --epochs >= 1, --layers >= 2; got {args.seeds}, {args.epochs}, "
-                          f"{args.layers}")
+    for key, low in (("seeds", 1), ("epochs", 1), ("layers", 2), ("hidden", 1), ("time_steps", 0),
+                     ("grad_draws", 0), ("threads", 1)):
+        if getattr(args, key) < low:
+            raise ConfigError(f"--{key.replace('_', '-')} {getattr(args, key)}: expected a whole number >= {low}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise ConfigError(f"--dropout {args.dropout}: expected a probability in [0, 1)")
+    if not args.lr > 0 or args.weight_decay < 0:
+        raise ConfigError(f"--lr {args.lr} / --weight-decay {args.weight_decay}: expected lr > 0 and "
+                          f"weight decay >= 0")
+    if not args.tag or any(c in args.tag for c in "/\\") or args.tag.startswith("."):
+        raise ConfigError(f"--tag {args.tag!r}: expected a file name stem without folders, like compression")
+    from graphscale.data.datasets import PLANETOID
+    unknown = [d for d in args.datasets if d not in PLANETOID]
+    if unknown:
+        raise ConfigError(f"--datasets {' '.join(unknown)}: expected Planetoid names from {', '.join(PLANETOID)}")
+    missing = [d for d in args.datasets if not os.path.isdir(os.path.join(args.root, PLANETOID[d], "raw"))]
+    if missing:
+        raise ConfigError(f"--datasets {' '.join(missing)}: no {PLANETOID[missing[0]]}/raw folder under "
+                          f"--root {args.root!r}")
+
+
+def run(args) -> int:
+    import torch
+    from graphscale.bench.output import ResultWriter
+    from graphscale.data import load_dataset
+
+    _check(args)
+    writer = ResultWriter.from_args(args, NAME, "cpu")
+    writer.check(args.tag)
     torch.set_num_threads(args.threads)
     env = _env()
     configs = list(dict.fromkeys(["fp32"] + args.configs))
@@ -287,14 +349,18 @@ def run(args) -> int:
                        "layers": args.layers}
                 model = _apply(make(), cfg)
                 row["act_bytes"] = _saved_bytes(model, data.x, graph)
+                if not args.time_steps:
+                    row["step_ms"] = row["fp32_step_ms"] = None  # timing skipped (--time-steps 0)
                 if cfg == "fp32":
-                    row["step_ms"] = row["fp32_step_ms"] = _step_ms([make()], data, graph, args.time_steps)[0]
+                    if args.time_steps:
+                        row["step_ms"] = row["fp32_step_ms"] = _step_ms([make()], data, graph, args.time_steps)[0]
                     base = dict(row)
                     row["grad_rel_bias"], row["grad_rel_std"] = 0.0, 0.0
                 else:
                     # timed interleaved with a float32 twin: the overhead is a same-window ratio
-                    row["step_ms"], row["fp32_step_ms"] = _step_ms([_apply(make(), cfg), make()], data, graph,
-                                                                   args.time_steps)
+                    if args.time_steps:
+                        row["step_ms"], row["fp32_step_ms"] = _step_ms([_apply(make(), cfg), make()], data, graph,
+                                                                       args.time_steps)
                     # A seed-regenerated dropout mask is not torch's Bernoulli draw: the fp32 reference
                     # would drop other units, so the comparison would measure the masks, not the
                     # quantization (the seed mask's gradient is exact: tests/memory/test_compress.py).
@@ -302,7 +368,7 @@ def run(args) -> int:
                         _grad_error(make, cfg, data, graph, args.grad_draws)
                         if args.grad_draws > 0 and drop != "seed" else (math.nan, math.nan))
                 row["bytes_ratio"] = base["act_bytes"] / row["act_bytes"]
-                row["time_overhead"] = row["step_ms"] / row["fp32_step_ms"] - 1.0
+                row["time_overhead"] = row["step_ms"] / row["fp32_step_ms"] - 1.0 if args.time_steps else None
                 if cfg in args.accuracy_configs:
                     accs = []
                     for s in range(args.seeds):
@@ -318,24 +384,12 @@ def run(args) -> int:
                 row["note"] = args.note
                 rows.append(row)
                 acc = f"  acc {row['acc_mean']:.2f}+-{row['acc_std']:.2f}" if "acc_mean" in row else ""
+                step = (f"step {row['step_ms']:7.1f} ms ({row['time_overhead'] * 100:+5.0f}%)" if args.time_steps
+                        else "step not timed")
                 print(f"{ds:9s} {kind:5s} {cfg:10s} act {row['act_bytes'] / 2**20:8.3f} MiB  x{row['bytes_ratio']:6.2f}  "
-                      f"step {row['step_ms']:7.1f} ms ({row['time_overhead'] * 100:+5.0f}%)  grad bias "
+                      f"{step}  grad bias "
                       f"{row['grad_rel_bias']:.3f} std {row['grad_rel_std']:.3f}{acc}", flush=True)
-    _write(rows, args)
+    csv_path, json_path = writer.write_table(args.tag, rows, {"note": args.note, "args": {
+        k: v for k, v in vars(args).items() if k not in ("func", "command", "bench")}})
+    print(f"wrote {csv_path} and {json_path}")
     return 0
-
-
-def _write(rows: list[dict], args) -> None:
-    import csv
-    os.makedirs(args.out, exist_ok=True)
-    cols = []
-    for r in rows:
-        cols += [k for k in r if k not in cols and k != "accs"]
-    with open(os.path.join(args.out, f"{args.tag}.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in cols})
-    with open(os.path.join(args.out, f"{args.tag}.json"), "w") as fh:
-        json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows}, fh, indent=1)
-    print(f"wrote {os.path.join(args.out, args.tag)}.csv/.json")

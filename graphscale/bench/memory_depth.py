@@ -16,55 +16,161 @@ GNNs does not. This benchmark measures it on one random graph and width for
 groups, each with its own ``f`` of width ``channels / groups``, as PyG's and the paper's RevGNN).
 
 Per (model, depth), in a fresh process: parameters; activation bytes saved for backward (exact:
-saved-tensor hooks de-duplicated by storage + tensors custom Functions report on ctx); bytes held
-after the forward (the profiler cross-check, sees PyG's ctx stashes too); peak memory (CUDA
-``max_memory_allocated`` on GPU, peak RSS of the process during the timed steps on CPU); seconds
-per training step (forward + backward + SGD step; the minimum over the timed steps, all kept), and
-the process CPU seconds of that step (``step_cpu_s``; robust to other jobs on a shared machine).
+saved-tensor hooks de-duplicated by storage + tensors custom Functions report on ctx; PyG's
+``GroupAddRev`` keeps its output on ctx without reporting it, so its count is incomplete:
+``activation_bytes_complete`` is False); bytes held after the forward (the profiler cross-check,
+sees ctx stashes too; always taken for ``pyg-rev``); peak memory (CUDA ``max_memory_allocated`` on
+GPU, peak RSS of the process during the timed steps on CPU); seconds per training step (forward +
+backward + SGD step; the minimum over the timed steps, all kept), and the process CPU seconds of
+that step (``step_cpu_s``; robust to other jobs on a shared machine).
+
+Results go through :mod:`graphscale.bench.output`: ``<out>/<tag>.csv``, ``.json`` and ``.png``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import math
 import time
 
 DEFAULT_DEPTHS = "1,10,100,300,1000"
+QUICK = {"depths": "1,10,30", "nodes": 1000, "edges": 10000, "steps": 1}
+FULL = {"depths": DEFAULT_DEPTHS, "nodes": 5000, "edges": 50000, "steps": 2}
 MODELS = ("residual", "checkpoint", "reversible", "wt-reversible", "deq", "pyg-rev")
+LINEAR_MODELS = ("residual", "checkpoint")  # memory grows with depth
+NAME = "memory-depth"
+
+_DESCRIPTION = """\
+Peak training memory and step time against depth (Li et al., "Training Graph Neural Networks
+with 1000 Layers", ICML 2021, Fig. 1), on one random graph, for these models:
+
+  residual       h <- h + f(h), plain autograd (the baseline)
+  checkpoint     the same, each block under torch.utils.checkpoint
+  reversible     graphscale RevStack of grouped reversible blocks
+  wt-reversible  one reversible block reused depth times (weight-tied)
+  deq            equilibrium block: depth fixed-point iterations forward and backward
+  pyg-rev        PyG's GroupAddRev on the identical block (the peer)
+
+f = LayerNorm -> ReLU -> SAGEConv. Each (model, depth) runs in a fresh process and reports
+parameters, activation bytes saved for backward (exact count), bytes held after the forward
+(profiler), peak memory (CUDA max allocated, or peak RSS on CPU) and seconds per training step.
+
+Results: a CSV, a JSON (with versions, device, git commit and the load average at the start)
+and a PNG plot, in a new folder runs/bench/memory-depth-<timestamp>/ unless --out is given."""
 
 
 def add_parser(subparsers) -> None:
+    from graphscale.bench.output import add_output_args
+
     p = subparsers.add_parser(
-        "memory-depth", help="peak memory and step time vs depth: residual, checkpoint, reversible, "
+        NAME, help="peak memory and step time vs depth: residual, checkpoint, reversible, "
         "weight-tied, equilibrium, PyG GroupAddRev",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--depths", default=DEFAULT_DEPTHS, help=f"comma-separated depths (default {DEFAULT_DEPTHS})")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--nodes", type=int, default=5000, help="random graph nodes (default 5000)")
-    p.add_argument("--edges", type=int, default=50000, help="random graph edges (default 50000)")
-    p.add_argument("--channels", type=int, default=64, help="block width (default 64)")
-    p.add_argument("--groups", type=int, default=2, help="reversible channel groups (default 2)")
-    p.add_argument("--steps", type=int, default=2, help="timed training steps after one warm-up (default 2)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
-    p.add_argument("--tag", default="memory_depth", help="file name stem (default memory_depth)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration before it is skipped")
+        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default=None, metavar="LIST",
+                   help=f"comma-separated depths, each a whole number >= 1 (default {FULL['depths']}; "
+                        f"with --quick {QUICK['depths']})")
+    p.add_argument("--models", default=",".join(MODELS), metavar="LIST",
+                   help=f"comma-separated models to run, from {', '.join(MODELS)} (default: all)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help=f"nodes of the random graph (default {FULL['nodes']}; with --quick {QUICK['nodes']})")
+    p.add_argument("--edges", type=int, default=None,
+                   help=f"edges of the random graph (default {FULL['edges']}; with --quick {QUICK['edges']})")
+    p.add_argument("--channels", type=int, default=64, help="width of every block (default 64)")
+    p.add_argument("--groups", type=int, default=2,
+                   help="channel groups of the reversible models, at least 2 (default 2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"timed training steps after one warm-up step (default {FULL['steps']}; "
+                        f"with --quick {QUICK['steps']})")
+    p.add_argument("--linear-max-depth", type=int, default=None, metavar="DEPTH",
+                   help="skip residual and checkpoint above this depth (their memory grows with depth: "
+                        "about 3.7 GiB of activations at depth 1000 on the default graph); default: no limit")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run: auto (CUDA if available, else CPU), cpu or cuda")
+    p.add_argument("--tag", default="memory_depth",
+                   help="file name stem of the results: TAG.csv, TAG.json, TAG.png (default memory_depth)")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds one configuration may run before it is stopped and recorded as failed "
+                        "(default 1800)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads in each child (0 = torch's default); 1 makes CPU-time "
-                   "comparisons on a shared machine meaningful (no spinning worker threads)")
+                   help="torch threads in each measuring process (default 0: torch's choice); 1 makes "
+                        "CPU-time comparisons on a busy machine meaningful")
     p.add_argument("--malloc-default", action="store_true",
-                   help="keep glibc's dynamic mmap threshold in the children (by default it is fixed at "
-                   "128 KiB so freed tensors return to the OS and peak RSS tracks live memory)")
-    p.add_argument("--no-profile", action="store_true", help="skip the profiler cross-check (faster)")
+                   help="keep glibc's dynamic mmap threshold in the measuring processes (by default it is "
+                        "fixed at 128 KiB so that freed tensors go back to the system and peak RSS follows "
+                        "live memory)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the profiler pass for graphscale's models (faster; their exact count is "
+                        "complete). PyG GroupAddRev is always profiled, because its saved bytes are "
+                        "only visible to the profiler")
     p.add_argument("--tensor-peak", action="store_true",
-                   help="CPU: also run one profiled step and report its peak of live tensor bytes above the "
-                        "step's start (tensor_peak_bytes; the CPU counterpart of CUDA max_memory_allocated, "
-                        "blind to allocator fragmentation)")
-    p.add_argument("--note", default="", help="free text stored with the results (e.g. 'shared machine')")
+                   help="CPU only: also run one profiled step and record its peak of live tensor bytes "
+                        "above the start of the step (the CPU counterpart of CUDA max allocated)")
+    p.add_argument("--note", default="", help="free text stored with the results")
+    p.add_argument("--replot", default=None, metavar="FILE.json",
+                   help="measure nothing: draw TAG.png from the rows of an earlier run's JSON")
     p.add_argument("--quick", action="store_true",
-                   help="small smoke run: depths 1,10,30, 1000 nodes, 10000 edges, 1 timed step")
+                   help=f"small smoke run: depths {QUICK['depths']}, {QUICK['nodes']} nodes, "
+                        f"{QUICK['edges']} edges, {QUICK['steps']} timed step (options given explicitly win)")
+    add_output_args(p, NAME)
     p.set_defaults(func=run)
+
+
+def parse_depths(text: str) -> list[int]:
+    """``"1,10,100"`` -> ``[1, 10, 100]``; anything else is a ConfigError naming the bad items."""
+    from graphscale.errors import ConfigError
+
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise ConfigError(f"--depths {text!r}: no depth given; expected comma-separated whole numbers >= 1, "
+                          f"like 1,10,100")
+    bad = [t for t in items if not (t.isdigit() and int(t) >= 1)]
+    if bad:
+        raise ConfigError(f"--depths {text!r}: {', '.join(repr(b) for b in bad)} "
+                          f"{'is not a depth' if len(bad) == 1 else 'are not depths'}; expected "
+                          f"comma-separated whole numbers >= 1, like 1,10,100")
+    return list(dict.fromkeys(int(t) for t in items))
+
+
+def parse_models(text: str) -> list[str]:
+    from graphscale.errors import ConfigError
+
+    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if not models or bad:
+        raise ConfigError(f"--models {text!r}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'no model given'}"
+                          f"; expected a comma-separated subset of {', '.join(MODELS)}")
+    return list(dict.fromkeys(models))
+
+
+def resolve_args(args) -> tuple[list[int], list[str]]:
+    """Fill the --quick / full defaults and check every option; raise ConfigError before any work."""
+    from graphscale.errors import ConfigError
+
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    depths, models = parse_depths(args.depths), parse_models(args.models)
+    for key, low in (("nodes", 2), ("edges", 1), ("steps", 1), ("channels", 2), ("threads", 0)):
+        if getattr(args, key) < low:
+            raise ConfigError(f"--{key} {getattr(args, key)}: expected a whole number >= {low}")
+    if args.groups < 2 or args.channels % args.groups:
+        raise ConfigError(f"--groups {args.groups}: expected >= 2 groups that split --channels {args.channels} "
+                          f"into equal parts")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: expected a number of seconds > 0")
+    if args.linear_max_depth is not None and args.linear_max_depth < 1:
+        raise ConfigError(f"--linear-max-depth {args.linear_max_depth}: expected a whole number >= 1")
+    if not args.tag or any(c in args.tag for c in "/\\") or args.tag.startswith("."):
+        raise ConfigError(f"--tag {args.tag!r}: expected a file name stem without folders, like memory_depth")
+    if not configurations(depths, models, args.linear_max_depth):
+        raise ConfigError(f"--linear-max-depth {args.linear_max_depth} leaves nothing to run: every depth in "
+                          f"{args.depths} is above it and only {', '.join(models)} were asked for")
+    return depths, models
+
+
+def configurations(depths: list[int], models: list[str], linear_max_depth: int | None) -> list[tuple[str, int]]:
+    return [(m, d) for d in depths for m in models
+            if not (m in LINEAR_MODELS and linear_max_depth is not None and d > linear_max_depth)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,66 +335,7 @@ def measure(model: str, depth: int, nodes: int, edges: int, channels: int, group
 
 
 # --------------------------------------------------------------------------------------------
-def _env(device: str) -> dict:
-    import torch
-    import torch_geometric
-    info = {"device": device, "malloc_env": "" if device.startswith("cuda") else json.dumps(_MALLOC_ENV), "torch": torch.__version__, "torch_geometric": torch_geometric.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _ratios(rows: list[dict]) -> dict:
-    by = {(r["model"], r["depth"]): r for r in rows if r.get("error") is None}
-    depths = sorted({r["depth"] for r in rows})
-    out: dict = {}
-    for model in ("reversible", "wt-reversible", "deq", "residual", "checkpoint", "pyg-rev"):
-        lo = 10 if (model, 10) in by else (depths[0] if depths else None)
-        hi = max((d for (m, d) in by if m == model), default=None)
-        if lo is not None and hi is not None and (model, lo) in by and by[(model, lo)]["activation_bytes"]:
-            out[f"{model}_activation_growth_{lo}_to_{hi}"] = \
-                by[(model, hi)]["activation_bytes"] / by[(model, lo)]["activation_bytes"]
-    for d in depths:
-        rev, pyg, res = by.get(("reversible", d)), by.get(("pyg-rev", d)), by.get(("residual", d))
-        if rev and pyg:
-            out[f"reversible_vs_pyg_peak_depth{d}"] = rev["peak_bytes"] / pyg["peak_bytes"]
-            out[f"reversible_vs_pyg_step_depth{d}"] = rev["step_s"] / pyg["step_s"]
-            if rev.get("tensor_peak_bytes") and pyg.get("tensor_peak_bytes"):
-                out[f"reversible_vs_pyg_tensor_peak_depth{d}"] = rev["tensor_peak_bytes"] / pyg["tensor_peak_bytes"]
-        if rev and res:
-            out[f"reversible_vs_residual_step_depth{d}"] = rev["step_s"] / res["step_s"]
-    return out
-
-
-def _plot(rows: list[dict], path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    panels = [("activation_bytes", "activation bytes saved for backward (MiB)", 2**20),
-              ("peak_bytes", f"peak memory (MiB, {rows[0].get('peak_kind', '')})", 2**20),
-              ("ms_per_layer", "training step time per layer (ms)", 1.0)]
-    for ax, (key, label, scale) in zip(axes, panels):
-        for model in MODELS:
-            pts = sorted((r["depth"], r[key] / scale) for r in rows
-                         if r["model"] == model and r.get(key) is not None and r.get("error") is None)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=model)
-        ax.set_xscale("log")
-        if key != "ms_per_layer":
-            ax.set_yscale("log")  # every plotted value is > 0 MiB
-        ax.set_xlabel("depth (layers)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+# The parent side: one fresh process per configuration, rows written through ResultWriter.
 
 # glibc raises its mmap threshold to the size of the largest freed block, after which tensors of a
 # few MiB come from the brk heap, where small long-lived allocations pin it: measured here, peak RSS
@@ -300,57 +347,78 @@ _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 def run(args) -> int:
     import torch
 
-    from graphscale.errors import ConfigError
+    from graphscale.bench.output import ResultWriter
+    from graphscale.errors import ConfigError, GraphscaleError
     from graphscale.memory.accounting import peak_rss_subprocess
 
-    if args.quick:
-        args.depths, args.nodes, args.edges, args.steps = "1,10,30", 1000, 10000, 1
-    try:
-        depths = [int(d) for d in str(args.depths).split(",") if d.strip()]
-    except ValueError:
-        raise ConfigError(f"--depths {args.depths!r}: expected comma-separated integers like 1,10,100") from None
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        raise ConfigError(f"--models: unknown {', '.join(bad)}; expected a subset of {', '.join(MODELS)}")
-    if any(d < 1 for d in depths):
-        raise ConfigError(f"--depths must be >= 1, got {depths}")
-    if args.channels % args.groups or args.groups < 2:
-        raise ConfigError(f"--channels {args.channels} must split into --groups {args.groups} (>= 2) equal groups")
+    if args.replot:
+        defaults = {"depths": None, "models": ",".join(MODELS), "nodes": None, "edges": None, "channels": 64,
+                    "groups": 2, "steps": None, "linear_max_depth": None, "device": "auto", "timeout": 1800,
+                    "threads": 0, "malloc_default": False, "no_profile": False, "tensor_peak": False, "note": "",
+                    "quick": False}
+        given = [k for k, v in defaults.items() if getattr(args, k) != v]
+        if given:  # nothing is measured: a measuring option would be silently ignored
+            raise ConfigError(f"--replot draws the rows of an earlier run and measures nothing; it takes only "
+                              f"--tag, --out and --overwrite, not {', '.join('--' + k.replace('_', '-') for k in given)}")
+        return replot(args)
+    depths, models = resolve_args(args)  # every option checked before anything is created or measured
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    os.makedirs(args.out, exist_ok=True)
-    env = _env(device)
-    if args.malloc_default:
-        env["malloc_env"] = "glibc default"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    writer = ResultWriter.from_args(args, NAME, device)
+    writer.check(args.tag, suffixes=(".csv", ".json", ".png"))
+    tags = {"device": device,
+            "device_name": _cpu_name() if device == "cpu" else writer.env.get("device_name", device),
+            "malloc_env": "glibc default" if args.malloc_default or device == "cuda" else
+            ",".join(f"{k}={v}" for k, v in _MALLOC_ENV.items())}
     rows: list[dict] = []
-    stem = os.path.join(args.out, args.tag)
-    for depth in depths:
-        for model in models:
-            kwargs = dict(model=model, depth=depth, nodes=args.nodes, edges=args.edges, channels=args.channels,
-                          groups=args.groups, steps=args.steps, device=device, profile=not args.no_profile,
-                          threads=args.threads, tensor_peak=args.tensor_peak)
-            row = {"model": model, "depth": depth, "nodes": args.nodes, "edges": args.edges,
-                   "channels": args.channels, "groups": args.groups}
-            t0 = time.perf_counter()
-            try:
-                res = peak_rss_subprocess("graphscale.bench.memory_depth:measure", kwargs, timeout=args.timeout,
-                                          env=None if args.malloc_default else _MALLOC_ENV)
-                row.update(res["result"])
-                row["process_base_rss"] = res["base_rss"]
-                row["ms_per_layer"] = 1000 * row["step_s"] / depth if row.get("step_s") else None
-                row["error"] = None
-            except Exception as exc:  # one failing configuration must not lose the others
-                row["error"] = f"{type(exc).__name__}: {str(exc)[-300:]}"
-            row["wall_s"] = time.perf_counter() - t0
-            row.update(env)
-            rows.append(row)
-            _print_row(row)
-            _write(rows, stem, args, env)  # after every row: a killed sweep keeps what it measured
-    _write(rows, stem, args, env, plot=True)
-    print(f"wrote {stem}.csv, {stem}.json, {stem}.png")
+    for model, depth in configurations(depths, models, args.linear_max_depth):
+        profile = model == "pyg-rev" or not args.no_profile
+        kwargs = dict(model=model, depth=depth, nodes=args.nodes, edges=args.edges, channels=args.channels,
+                      groups=args.groups, steps=args.steps, device=device, profile=profile,
+                      threads=args.threads, tensor_peak=args.tensor_peak)
+        row = {"model": model, "depth": depth, "nodes": args.nodes, "edges": args.edges,
+               "channels": args.channels, "groups": args.groups}
+        t0 = time.perf_counter()
+        try:
+            res = peak_rss_subprocess("graphscale.bench.memory_depth:measure", kwargs, timeout=args.timeout,
+                                      env=None if args.malloc_default else _MALLOC_ENV)
+            row.update(res["result"])
+            # PyG keeps its output on ctx, where saved-tensor hooks do not see it (the profiler does)
+            row["activation_bytes_complete"] = model != "pyg-rev"
+            row["process_base_rss"] = res["base_rss"]
+            if row.get("peak_kind") == "cpu_peak_rss":
+                row["peak_growth_bytes"] = row["peak_bytes"] - res["base_rss"]
+            row["ms_per_layer"] = 1000 * row["step_s"] / depth
+            row["error"] = None
+        except Exception as exc:  # one failing configuration (out of memory, timeout) must not lose the others
+            row["error"] = f"{type(exc).__name__}: {str(exc)[-300:]}"
+        row["wall_s"] = time.perf_counter() - t0
+        row.update(tags)
+        rows.append(row)
+        _print_row(row)
+        if any(r["error"] is None for r in rows):
+            _write(writer, rows, args, finished=False)  # a killed sweep keeps what it measured
+    if not any(r["error"] is None for r in rows):
+        raise GraphscaleError(f"memory-depth: every configuration failed, nothing written; first error: "
+                              f"{rows[0]['error']}")
+    paths = _write(writer, rows, args, finished=True)
+    print("wrote " + ", ".join(paths))
     return 0
+
+
+def _cpu_name() -> str:
+    import platform
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _print_row(r: dict) -> None:
@@ -362,30 +430,207 @@ def _print_row(r: dict) -> None:
     print(f"{r['model']:>14} depth {r['depth']:>5}: params {r['params']:>9,}  act {r['activation_bytes'] / 2**20:9.2f} "
           f"MiB  held {held_s} MiB  peak {r['peak_bytes'] / 2**20:8.1f} MiB"
           + (f"  tensor peak {r['tensor_peak_bytes'] / 2**20:7.2f} MiB" if r.get("tensor_peak_bytes") else "")
-          + f"  step {r['step_s']:7.3f} s "
-          f"({r['ms_per_layer']:.2f} ms/layer)", flush=True)
+          + f"  step {r['step_s']:7.3f} s ({r['ms_per_layer']:.2f} ms/layer)", flush=True)
 
 
-def _write(rows: list[dict], stem: str, args, env: dict, plot: bool = False) -> None:
-    import csv
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(stem + ".csv.tmp", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
-    os.replace(stem + ".csv.tmp", stem + ".csv")
-    flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v!r}"
-             for k, v in vars(args).items() if k not in ("func", "bench", "command") and v not in (False, None, "")]
-    summary = {"command": "graphscale bench memory-depth " + " ".join(flags),
-        "environment": env, "note": args.note, "ratios": _ratios(rows), "rows": rows,
-        "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with open(stem + ".json.tmp", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(stem + ".json.tmp", stem + ".json")
-    if plot and any(r.get("error") is None for r in rows):
-        _plot(rows, stem + ".png", f"{args.nodes} nodes, {args.edges} edges, {args.channels} channels, "
-              f"{args.groups} groups; {env['device']}, torch {env['torch']}, PyG {env['torch_geometric']}"
-              + (f"; {args.note}" if args.note else ""))
+def _ratios(rows: list[dict]) -> dict:
+    by = {(r["model"], r["depth"]): r for r in rows if r.get("error") is None}
+    out: dict = {}
+    for model in MODELS:
+        ds = sorted(d for (m, d) in by if m == model)
+        if len(ds) < 2:
+            continue
+        lo = 10 if 10 in ds else ds[0]
+        hi = ds[-1]
+        for key in ("activation_bytes", "held_bytes_profiler"):
+            a, b = by[(model, lo)].get(key), by[(model, hi)].get(key)
+            if a and b is not None:
+                out[f"{model}_{key}_growth_{lo}_to_{hi}"] = b / a
+    for d in sorted({d for (_, d) in by}):
+        rev, pyg, res = by.get(("reversible", d)), by.get(("pyg-rev", d)), by.get(("residual", d))
+        if rev and pyg:
+            out[f"reversible_vs_pyg_peak_depth{d}"] = rev["peak_bytes"] / pyg["peak_bytes"]
+            out[f"reversible_vs_pyg_step_depth{d}"] = rev["step_s"] / pyg["step_s"]
+            if rev.get("held_bytes_profiler") and pyg.get("held_bytes_profiler"):
+                out[f"reversible_vs_pyg_held_depth{d}"] = rev["held_bytes_profiler"] / pyg["held_bytes_profiler"]
+            if rev.get("tensor_peak_bytes") and pyg.get("tensor_peak_bytes"):
+                out[f"reversible_vs_pyg_tensor_peak_depth{d}"] = rev["tensor_peak_bytes"] / pyg["tensor_peak_bytes"]
+        if rev and res:
+            out[f"reversible_vs_residual_step_depth{d}"] = rev["step_s"] / res["step_s"]
+    return out
+
+
+def _command(args) -> str:
+    flags = []
+    for k, v in vars(args).items():
+        if k in ("func", "bench", "command") or v in (False, None, ""):
+            continue
+        flag = "--" + k.replace("_", "-")
+        flags.append(flag if v is True else f"{flag} {v}")
+    return "graphscale bench memory-depth " + " ".join(flags)
+
+
+def _write(writer, rows: list[dict], args, finished: bool) -> list[str]:
+    """CSV + JSON + PNG of the rows so far (rewritten after every row: a stopped sweep keeps them all)."""
+    extra = {"command": _command(args), "note": args.note, "finished": finished, "ratios": _ratios(rows)}
+    paths = list(writer.write_table(args.tag, rows, extra))
+    title = caption(rows, writer.env, args.note, finished)
+    paths.append(writer.write_file(args.tag + ".png", lambda fh: plot(rows, fh, title)))
+    return paths
+
+
+def replot(args) -> int:
+    """``--replot FILE.json``: draw the figure of an earlier run from its JSON (nothing is measured)."""
+    import json
+
+    from graphscale.bench.output import ResultWriter
+    from graphscale.errors import ConfigError
+
+    try:
+        with open(args.replot) as fh:
+            doc = json.load(fh)
+        rows, env = doc["rows"], doc["environment"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--replot {args.replot!r}: not the JSON of a memory-depth run ({exc})") from None
+    if not any(r.get("error") is None for r in rows):
+        raise ConfigError(f"--replot {args.replot!r}: no measured row to draw")
+    for r in rows:  # rows written before peak_growth_bytes was recorded
+        if r.get("peak_kind") == "cpu_peak_rss" and "peak_growth_bytes" not in r and r.get("process_base_rss"):
+            r["peak_growth_bytes"] = r["peak_bytes"] - r["process_base_rss"]
+    writer = ResultWriter.from_args(args, NAME)
+    writer.check(args.tag, suffixes=(".png",))
+    title = caption(rows, env, doc.get("note", ""), bool(doc.get("finished", True)))
+    print("wrote " + writer.write_file(args.tag + ".png", lambda fh: plot(rows, fh, title)))
+    return 0
+
+
+def caption(rows: list[dict], env: dict, note: str = "", finished: bool = True) -> str:
+    r = next(r for r in rows if r.get("error") is None)
+    load, commit = env.get("load_average_at_start"), env.get("git_commit")
+    device = r.get("device") or env.get("device", "?")
+    return (f"random graph: {r['nodes']:,} nodes, {r['edges']:,} edges, {r['channels']} channels, "
+            f"{r['groups']} groups; blocks LayerNorm -> ReLU -> SAGEConv\n"
+            f"{device}{' (' + r['device_name'] + ')' if r.get('device_name') else ''}, "
+            f"torch threads {r.get('threads', '?')}, torch {env.get('torch', '?')}, "
+            f"PyG {env.get('torch_geometric', '?')}"
+            + (f", load average at start {load[0]}" if load else "") + (f", commit {commit}" if commit else "")
+            + ("" if finished else "\nrun stopped before the sweep finished: the rows measured so far")
+            + (f"\n{note}" if note else ""))
+
+
+# Each model has its own colour, marker and line style, so lines that coincide (reversible,
+# weight-tied and PyG hold the same bytes) stay visible: hollow markers of different sizes nest.
+STYLE = {
+    "residual": dict(color="tab:red", marker="o", linestyle="-", markersize=6),
+    "checkpoint": dict(color="tab:orange", marker="s", linestyle="--", markersize=6),
+    "reversible": dict(color="tab:blue", marker="o", linestyle="-", markersize=14, markerfacecolor="none",
+                       markeredgewidth=1.6, linewidth=2.4),
+    "wt-reversible": dict(color="tab:green", marker="s", linestyle="--", markersize=8, markerfacecolor="none",
+                          markeredgewidth=1.6, linewidth=1.8),
+    "deq": dict(color="tab:purple", marker="D", linestyle="-.", markersize=6),
+    "pyg-rev": dict(color="black", marker="x", linestyle=":", markersize=8, markeredgewidth=1.6, linewidth=1.4),
+}
+LABEL = {"residual": "residual", "checkpoint": "checkpointed residual", "reversible": "reversible (graphscale)",
+         "wt-reversible": "weight-tied reversible", "deq": "equilibrium (DEQ)", "pyg-rev": "PyG GroupAddRev"}
+
+
+def _y_axis(ax, values: list[float], unit: str) -> None:
+    """Linear from 0 when the values span less than 30x; else log with 1-2-5 ticks in plain numbers."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo, hi = min(values), max(values)
+    if lo <= 0 or hi / lo < 30:
+        ax.set_ylim(0, hi * 1.15 if hi > 0 else 1)
+        return
+    ax.set_yscale("log")
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    ax.set_ylim(lo / 1.4, hi * 1.4)
+    ax.yaxis.set_major_locator(FixedLocator([t for t in ticks if lo / 1.4 <= t <= hi * 1.4]))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _coinciding(series: dict) -> list[list[str]]:
+    """Groups of models whose points agree within 0.5 % at every depth (drawn on top of each other)."""
+    groups: list[list[str]] = []
+    for model, pts in series.items():
+        for g in groups:
+            ref = series[g[0]]
+            if len(ref) == len(pts) and all(d1 == d2 and abs(v1 - v2) <= 0.005 * max(abs(v1), abs(v2), 1e-12)
+                                            for (d1, v1), (d2, v2) in zip(ref, pts)):
+                g.append(model)
+                break
+        else:
+            groups.append([model])
+    return [g for g in groups if len(g) > 1]
+
+
+def plot(rows: list[dict], fh, title: str) -> None:
+    """Three panels against depth: bytes held for backward, peak memory, step time per layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ok = [dict(r) for r in rows if r.get("error") is None]  # copies: derived columns stay out of the rows
+    # Panel 1 compares one instrument across models: the profiler's bytes held after the forward
+    # when every model was profiled; otherwise the exact count, without PyG (whose ctx stash the
+    # saved-tensor hooks cannot see: drawn from the hooks it would show half the bytes it holds).
+    profiled = all(r.get("held_bytes_profiler") is not None for r in ok)
+    if profiled:
+        held_key, held_label = "held_bytes_profiler", "bytes held after the forward (MiB, profiler)"
+    else:
+        held_key, held_label = "activation_bytes", "activation bytes saved for backward (MiB, exact count)"
+    if ok[0].get("peak_kind") == "cpu_peak_rss":
+        # the process's RSS after importing torch (~440 MiB here) would flatten every line
+        peak_key, peak_label = "peak_growth_bytes", "peak RSS above the process's RSS after imports (MiB)"
+    else:
+        peak_key, peak_label = "peak_bytes", "peak memory (MiB, CUDA max allocated)"
+    if all(r.get("threads") == 1 and r.get("step_cpu_s") is not None for r in ok):
+        # one thread: the process's CPU time is the step's work, whatever else runs on the machine
+        for r in ok:
+            r["cpu_ms_per_layer"] = 1000 * r["step_cpu_s"] / r["depth"]
+        time_key, time_label = "cpu_ms_per_layer", "training step CPU time per layer (ms, 1 thread)"
+    else:
+        time_key, time_label = "ms_per_layer", "training step wall time per layer (ms)"
+    panels = [(held_key, held_label), (peak_key, peak_label), (time_key, time_label)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4))
+    depths = sorted({r["depth"] for r in ok})
+    if not profiled and any(r["model"] == "pyg-rev" for r in ok):
+        panels[0] = (held_key, held_label + "\n(PyG GroupAddRev not drawn: the hooks miss the output it keeps "
+                     "on ctx)")
+    for ax, (key, label) in zip(axes, panels):
+        values, series = [], {}
+        for model in MODELS:
+            if key == "activation_bytes" and model == "pyg-rev":
+                continue
+            scale = 1.0 if key.endswith("ms_per_layer") else 2.0 ** 20
+            pts = sorted((r["depth"], r[key] / scale) for r in ok if r["model"] == model and r.get(key) is not None)
+            if pts:
+                ax.plot(*zip(*pts), label=LABEL[model], **STYLE[model])
+                values += [v for _, v in pts]
+                series[model] = pts
+        same = _coinciding(series)
+        if same:  # said in words as well: nested markers are easy to miss
+            label += "".join("\n(same values, drawn on top of each other: " + ", ".join(g) + ")" for g in same)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(depths))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        if values:
+            _y_axis(ax, values, "MiB")
+        ax.set_xlabel("depth (layers)")
+        ax.set_title(label, fontsize=9.5)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=9.5)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(fh, dpi=110, format="png")
+    plt.close(fig)

@@ -109,7 +109,14 @@ class ResultWriter:
 
     def __init__(self, name: str, out: str | None = None, overwrite: bool = False, device: str | None = None):
         self.name = name
-        self.out = out if out else default_out(name)
+        if not out:
+            # a fresh folder: two runs started in the same second get -2, -3, ... rather than sharing one
+            out = base = default_out(name)
+            k = 1
+            while os.path.exists(out):
+                k += 1
+                out = f"{base}-{k}"
+        self.out = out
         self.overwrite = overwrite
         self.env = environment(device)
         self.written: list[str] = []
@@ -145,18 +152,22 @@ class ResultWriter:
         os.makedirs(self.out, exist_ok=True)
         return p
 
-    def write_table(self, stem: str, rows: list[dict], extra: dict | None = None) -> tuple[str, str]:
-        """``<stem>.csv`` and ``<stem>.json`` (rows + environment + ``extra``); returns both paths."""
+    def write_table(self, stem: str, rows: list[dict], extra: dict | None = None,
+                    csv_exclude: Iterable[str] = ()) -> tuple[str, str]:
+        """``<stem>.csv`` and ``<stem>.json`` (rows + environment + ``extra``); returns both paths.
+
+        ``csv_exclude``: columns kept in the JSON rows only (long lists such as training curves)."""
         if not rows:
             raise EmptyResultError(f"{self.name}: no result rows to write for {stem!r} (nothing was measured)")
+        skip = set(csv_exclude)
         keys: list[str] = []
         for r in rows:
-            keys += [k for k in r if k not in keys]
+            keys += [k for k in r if k not in keys and k not in skip]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+            w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items() if k not in skip})
         csv_path, json_path = self._target(stem + ".csv"), self._target(stem + ".json")
         atomic_write(csv_path, lambda fh: fh.write(buf.getvalue().encode()))
         doc = {"benchmark": self.name, "environment": self.env, **(extra or {}), "rows": rows}
