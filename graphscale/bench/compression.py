@@ -261,7 +261,7 @@ def _accuracy(model, data, graph, epochs: int, lr: float, wd: float) -> float:
 def _grad_error(make, config: str, data, graph, draws: int) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
-    from graphscale.memory.quantize import set_seed
+    from graphscale.memory.random_streams import set_seed
 
     def grad(model, k):
         model.train()
@@ -372,7 +372,7 @@ def run(args) -> int:
                 if cfg in args.accuracy_configs:
                     accs = []
                     for s in range(args.seeds):
-                        from graphscale.memory.quantize import set_seed
+                        from graphscale.memory.random_streams import set_seed
                         set_seed(s)
                         accs.append(_accuracy(_apply(make(s), cfg), data, graph, args.epochs, args.lr,
                                               args.weight_decay))

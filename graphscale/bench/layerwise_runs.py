@@ -163,7 +163,7 @@ def run_method(dataset: str, method: str, root: str, threads: int = 1, seed: int
 
 def _run_full(data, adj, s, loss, curve, count_saved_bytes) -> dict:
     from graphscale.sampling.propagation import aggregate
-    from graphscale.train.layerwise import LayerwiseGCN
+    from graphscale.nn.models import LayerwiseGCN
     x, y, split = data.x, data.y, data.split
     tr = split["train"]
     model = LayerwiseGCN(x.size(1), s["hidden"], data.num_outputs, s["layers"], s["full_dropout"])
@@ -214,7 +214,8 @@ def _run_layerwise(data, adj, s, loss, curve, count_saved_bytes, learned: bool, 
     from graphscale.sampling.feature_store import FeatureStore, map_rows
     from graphscale.sampling.propagation import propagate
     from graphscale.train.l2gcn_controller import NUM_FEATURES, StopPolicy, load_controller, save_controller, train_controller
-    from graphscale.train.layerwise import FixedEpochs, LayerSettings, LayerwiseGCN, gcn_episode, train_layer
+    from graphscale.nn.models import LayerwiseGCN
+    from graphscale.train.layerwise import FixedEpochs, LayerSettings, gcn_episode, train_layer
 
     x, y, split = data.x, data.y, data.split
     L, n = s["layers"], data.num_nodes

@@ -275,6 +275,9 @@ def train_controller(run_episode: Episode, num_layers: int, rounds: int = 40, hi
     """
     if rounds < 1:
         raise ConfigError(f"controller rounds must be >= 1, got {rounds}")
+    if not 1 <= min_epochs <= max_epochs or decision_step < 1:
+        raise ConfigError(f"controller schedule needs 1 <= min_epochs <= max_epochs and decision_step >= 1, got "
+                          f"min_epochs={min_epochs}, max_epochs={max_epochs}, decision_step={decision_step}")
     torch.manual_seed(seed)
     ctrl = controller if controller is not None else StopController(NUM_FEATURES, hidden_size)
     ctrl.train()
