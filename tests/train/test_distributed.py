@@ -233,7 +233,11 @@ def test_deep_and_compressed_models_under_ddp(data_root, tmp_path):
     # uninterrupted one (parameters and byte counts); without that state it is not.
     for hook in ("signsgd", "powersgd"):
         ref, back, cold = (_model(os.path.join(out, f"{hook}{s}")) for s in ("", "-resumed", "-stateless"))
-        assert all(torch.equal(ref[k], back[k]) for k in ref), f"{hook}: resumed run differs"
+        if hook == "signsgd":
+            assert all(torch.equal(ref[k], back[k]) for k in ref), f"{hook}: resumed run differs"
+        else:  # PowerSGD: bit-equal on the CI machine, 3e-8 apart on the 2026-12 dev machine (both commits)
+            worst = max(float((ref[k] - back[k]).abs().max()) for k in ref if ref[k].is_floating_point())
+            assert worst < 1e-6, f"{hook}: resumed run differs by {worst:.3g}"
         assert max(float((ref[k] - cold[k]).abs().max()) for k in ref if ref[k].is_floating_point()) > 1e-4, hook
         res = json.load(open(os.path.join(out, f"{hook}-resumed", "results.json")))["distributed"]
         want = json.load(open(os.path.join(out, hook, "results.json")))["distributed"]
