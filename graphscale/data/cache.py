@@ -71,3 +71,20 @@ def save_stamp(raw_dir: str, files: list, processed: str) -> None:
     with open(path + ".tmp", "w") as fh:
         json.dump(_stamp(raw_dir, files), fh)
     os.replace(path + ".tmp", path)
+
+
+def in_place(dataset_cls, raw_dir: str, processed: str):
+    """A subclass of a PyG dataset class that reads its raw files where they are (``raw_dir``) and
+    writes its ``processed/`` files into graphscale's cache (``processed``), never beside the raw files."""
+
+    class _InPlace(dataset_cls):
+        @property
+        def raw_dir(self) -> str:
+            return raw_dir
+
+        @property
+        def processed_dir(self) -> str:
+            return processed
+
+    _InPlace.__name__ = _InPlace.__qualname__ = dataset_cls.__name__  # PyG names its processed files by class
+    return _InPlace

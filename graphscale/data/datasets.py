@@ -142,17 +142,8 @@ def _planetoid(name: str, root: str) -> NodeDataset:
     files = [f"ind.{name}.{k}" for k in ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")]
     cache.prepare(raw, files, processed, name)
 
-    class _Planetoid(Planetoid):  # raw files read in place, processed/ written to graphscale's cache
-        @property
-        def raw_dir(self) -> str:
-            return raw
-
-        @property
-        def processed_dir(self) -> str:
-            return processed
-
     try:
-        ds = _Planetoid(root, pyg_name, transform=NormalizeFeatures())
+        ds = cache.in_place(Planetoid, raw, processed)(root, pyg_name, transform=NormalizeFeatures())
     except Exception as exc:  # a malformed file: name the folder (missing files were refused above)
         raise DataError(f"{name}: could not read Planetoid files under {raw!r}: {type(exc).__name__}: {exc}") from None
     cache.save_stamp(raw, files, processed)

@@ -304,17 +304,8 @@ def read_tu(root: str, name: str, use_node_labels: bool = True):
         raise DataError(f"{name}: no TU file {name}_A.txt in {raw!r}")
     cache.prepare(raw, files, processed, name)
 
-    class _TU(TUDataset):  # raw files read in place, processed/ written to graphscale's cache
-        @property
-        def raw_dir(self) -> str:
-            return raw
-
-        @property
-        def processed_dir(self) -> str:
-            return processed
-
     try:
-        ds = _TU(root, name)
+        ds = cache.in_place(TUDataset, raw, processed)(root, name)
     except Exception as exc:  # a malformed or missing file: name the folder
         raise DataError(f"{name}: could not read TU files under {raw!r}: {type(exc).__name__}: {exc}") from None
     cache.save_stamp(raw, files, processed)
