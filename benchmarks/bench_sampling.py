@@ -153,6 +153,52 @@ def _overlap_rows(csr: CSR, seeds: torch.Tensor, fanouts, batch_size: int, batch
              "load_average_end": [round(a, 2) for a in os.getloadavg()]} for mode, v in times.items()]
 
 
+def accuracy(args) -> int:
+    """Train each ``--accuracy`` config with seeds ``0..--seeds-1`` (graphscale.train, as ``graphscale
+    train CONFIG train.seed=S``) and write one row per run plus a mean/std row per config."""
+    import tempfile
+
+    from graphscale.train import api
+    from graphscale.train.config import load_config
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    cfgs = {path: load_config(path, []) for path in args.accuracy}  # fail on a bad file before training
+    for path, cfg in cfgs.items():
+        api.check(cfg)
+    stem = args.stem or f"{NAME}_accuracy"
+    writer = ResultWriter.from_args(args, NAME, "cpu")
+    writer.check(stem)
+    rows, summary = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-sampling-") as tmp:
+        for path in args.accuracy:
+            tests, valids = [], []
+            for seed in range(args.seeds):
+                out = os.path.join(tmp, f"{os.path.basename(os.path.dirname(path))}-{os.path.basename(path)}-{seed}")
+                overrides = [f"train.seed={seed}", f"log.out={out}", "log.progress=false"]
+                cfg = load_config(path, overrides)
+                api.check(cfg)
+                res = api.train(cfg)
+                cmd = f"graphscale train {path} " + " ".join(overrides[:1])
+                rows.append({"config": path, "dataset": res["dataset"], "sampler": cfg.sampler.name,
+                             "model": cfg.model.name, "seed": seed, "epochs": cfg.train.epochs,
+                             "best_epoch": res["best_epoch"], "best_valid": round(res["best_valid"], 4),
+                             "test_at_best_valid": round(res["test_at_best_valid"], 4),
+                             "train_seconds": round(res["seconds"], 1), "command": cmd})
+                tests.append(res["test_at_best_valid"])
+                valids.append(res["best_valid"])
+                print(f"{path} seed {seed}: valid {res['best_valid']:.4f} test {res['test_at_best_valid']:.4f}",
+                      file=sys.stderr, flush=True)
+            summary.append({"config": path, "dataset": rows[-1]["dataset"], "sampler": rows[-1]["sampler"],
+                            "seed": f"mean of {args.seeds}", "best_valid": round(statistics.mean(valids), 4),
+                            "test_at_best_valid": round(statistics.mean(tests), 4),
+                            "test_std": round(statistics.stdev(tests), 4) if len(tests) > 1 else 0.0,
+                            "command": f"python benchmarks/bench_sampling.py --accuracy {path} --seeds {args.seeds}"})
+    for path in writer.write_table(stem, rows + summary):
+        print(path)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Neighbour sampling time per epoch: graphscale vs PyG NeighborLoader "
                                             "(torch-sparse) vs a Python loop.")
@@ -176,8 +222,16 @@ def main(argv=None) -> int:
                         "worker process, on the first graph (0 = skip)")
     p.add_argument("--require-pyg", action="store_true", help="fail when PyG's sampler backend is missing (default: skip it)")
     p.add_argument("--seed", type=int, default=0, help="graph and sampling seed")
+    p.add_argument("--accuracy", nargs="+", metavar="CONFIG",
+                   help="instead of timing: train these configs (graphscale train) with --seeds seeds each and "
+                        "write test accuracy at the best validation epoch")
+    p.add_argument("--seeds", type=int, default=5, help="--accuracy: seeds 0..N-1 per config")
+    p.add_argument("--stem", default="", help="--accuracy: result file name without extension "
+                                              "(default sampling_accuracy)")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
+    if args.accuracy:
+        return accuracy(args)
 
     try:
         fanouts = check_fanouts([int(v) for v in args.fanouts.split(",")], "--fanouts")

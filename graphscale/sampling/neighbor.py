@@ -404,13 +404,19 @@ class NeighborSampler:
     def _batch(self, epoch: int, index: int, seeds: Tensor) -> NeighborBatch:
         return self.sample(seeds, torch.Generator(device=self.csr.device).manual_seed(batch_seed(self.seed, epoch, index)))
 
-    def _jobs(self, epoch: int) -> list[tuple[int, Tensor]]:
+    def _jobs(self, epoch: int, steps: Optional[Sequence[int]]) -> list[tuple[int, Tensor]]:
         batches = self.seed_batches(epoch)
-        return [(i, batches[i]) for i in range(self.rank, len(batches), self.world_size)]
+        if steps is None:
+            return [(i, batches[i]) for i in range(self.rank, len(batches), self.world_size)]
+        bad = [i for i in steps if not 0 <= i < len(batches)]
+        if bad:
+            raise ConfigError(f"batch index {bad[0]} out of range: epoch {epoch} has {len(batches)} batches")
+        return [(i, batches[i]) for i in steps]
 
-    def epoch(self, epoch: int) -> Iterator[NeighborBatch]:
-        """This rank's batches of ``epoch``."""
-        jobs = self._jobs(epoch)
+    def epoch(self, epoch: int, steps: Optional[Sequence[int]] = None) -> Iterator[NeighborBatch]:
+        """This rank's batches of ``epoch``; or, with ``steps``, exactly the global batches with
+        those indices, in that order (a trainer that deals batches to ranks itself; repeats allowed)."""
+        jobs = self._jobs(epoch, steps)
         if self.num_workers > 0:
             yield from self._worker_epoch(epoch, jobs)
         elif self.prefetch > 0:
