@@ -14,8 +14,16 @@ expected degree falls like ``1/sqrt(rank)``: a heavy tail like the real graphs',
 Per epoch: fanouts ``[15, 10, 5]``, batch 1024, seeds shuffled, every batch fully built (relabelled
 ``edge_index``, ``n_id``, ``e_id``, per-hop counts); no feature gathering in any method. Methods run
 interleaved round by round (the machine is shared; the load average goes into the result file) and
-the median epoch is reported. The Python loop is timed on ``--loop-batches`` batches per round and
-scaled to the epoch's batch count (marked ``extrapolated``).
+the median epoch is reported, as wall-clock seconds and as the process's CPU seconds
+(``time.process_time``: on a loaded shared machine wall time also counts the time other jobs held the
+cores; CPU seconds do not). ``--max-batches`` times the first N batches of an epoch and the Python
+loop ``--loop-batches``; both are scaled to the epoch's batch count (marked ``extrapolated``).
+
+Peers: PyG's ``NeighborLoader`` (``pyg``) when torch-sparse (or pyg-lib) is installed, and
+``torch-sparse-op``: torch-sparse's C++ sampler ``torch.ops.torch_sparse.neighbor_sample`` called
+directly on the same CSR (what the loader calls per batch, without its Python around it: a lower bound
+of the loader's time), from the installed package or from a library built alone
+(``--torch-sparse-op``, docs/sampling.md).
 
 PyG needs torch-sparse (or pyg-lib); neither has wheels for torch 2.13, so run this script with the
 interpreter of a separate environment that has it built (docs/sampling.md)::
@@ -49,7 +57,7 @@ GRAPHS = {  # name: (nodes, directed edges, seed nodes) -- the OGB data sets' si
     "arxiv": (169_343, 2_316_000, 90_941),
     "products": (2_449_029, 61_859_140, 196_615),
 }
-METHODS = ("graphscale", "graphscale-prefetch", "pyg", "loop")
+METHODS = ("graphscale", "graphscale-prefetch", "pyg", "torch-sparse-op", "loop")
 
 
 def powerlaw_graph(n: int, e: int, seed: int = 0) -> torch.Tensor:
@@ -82,20 +90,45 @@ def _pyg_loader_cls():
                   f"({sys.executable}); see docs/sampling.md for the build")
 
 
-def _epoch_graphscale(sampler: NeighborSampler, epoch: int) -> tuple[float, int, int, int]:
-    t0 = time.perf_counter()
+def _scaled(t0: float, c0: float, nb: int, nn: int, ne: int, total: int) -> tuple:
+    """(wall, batches timed, nodes, edges, CPU) with the times scaled from ``nb`` batches to ``total``."""
+    scale = total / nb
+    return (time.perf_counter() - t0) * scale, nb, nn, ne, (time.process_time() - c0) * scale
+
+
+def _epoch_graphscale(sampler: NeighborSampler, epoch: int, max_batches: int) -> tuple:
+    total = sampler.num_batches
+    steps = range(min(total, max_batches)) if max_batches > 0 else None
+    t0, c0 = time.perf_counter(), time.process_time()
     nb = nn = ne = 0
-    for b in sampler.epoch(epoch):
+    for b in sampler.epoch(epoch, steps):
         nb, nn, ne = nb + 1, nn + b.node_ids.numel(), ne + b.edge_index.size(1)
-    return time.perf_counter() - t0, nb, nn, ne
+    return _scaled(t0, c0, nb, nn, ne, total)
 
 
-def _epoch_pyg(loader) -> tuple[float, int, int, int]:
-    t0 = time.perf_counter()
+def _epoch_pyg(loader, max_batches: int) -> tuple:
+    t0, c0 = time.perf_counter(), time.process_time()
     nb = nn = ne = 0
     for b in loader:
         nb, nn, ne = nb + 1, nn + b.n_id.numel(), ne + b.edge_index.size(1)
-    return time.perf_counter() - t0, nb, nn, ne
+        if nb == max_batches:
+            break
+    return _scaled(t0, c0, nb, nn, ne, len(loader))
+
+
+def _epoch_kernel(colptr: torch.Tensor, row: torch.Tensor, seeds: torch.Tensor, fanouts, batch_size: int,
+                  epoch: int, max_batches: int) -> tuple:
+    """torch-sparse's C++ sampling op alone (``torch.ops.torch_sparse.neighbor_sample``, what PyG's
+    NeighborLoader calls with torch-sparse), without PyG's Python around it (no Data objects)."""
+    order = seeds[torch.randperm(seeds.numel(), generator=torch.Generator().manual_seed(epoch))]
+    op = torch.ops.torch_sparse.neighbor_sample
+    batches = torch.split(order, batch_size)
+    t0, c0 = time.perf_counter(), time.process_time()
+    nb = nn = ne = 0
+    for s in batches[:max_batches] if max_batches > 0 else batches:
+        node, r, c, e = op(colptr, row, s, fanouts, False, True)
+        nb, nn, ne = nb + 1, nn + node.numel(), ne + e.numel()
+    return _scaled(t0, c0, nb, nn, ne, len(batches))
 
 
 def _epoch_loop(csr: CSR, seeds: torch.Tensor, fanouts, batch_size: int, batches: int, epoch: int):
@@ -104,13 +137,14 @@ def _epoch_loop(csr: CSR, seeds: torch.Tensor, fanouts, batch_size: int, batches
     all_batches = list(torch.split(order, batch_size))
     run = all_batches if batches <= 0 else all_batches[:batches]
     rng = random.Random(epoch)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     nn = ne = 0
     for s in run:
         b = sample_neighbors_loop(csr, s.tolist(), fanouts, rng)
         nn, ne = nn + b.node_ids.numel(), ne + b.edge_index.size(1)
-    dt = time.perf_counter() - t0
-    return dt * len(all_batches) / len(run), len(run), nn, ne
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    scale = len(all_batches) / len(run)
+    return dt * scale, len(run), nn, ne, dc * scale
 
 
 def _overlap_rows(csr: CSR, seeds: torch.Tensor, fanouts, batch_size: int, batches: int, rounds: int,
@@ -199,6 +233,21 @@ def accuracy(args) -> int:
     return 0
 
 
+def _load_op(path: str):
+    """Where ``torch.ops.torch_sparse.neighbor_sample`` comes from, or ``None``."""
+    try:
+        import torch_sparse  # noqa: F401  (registers the op)
+        return f"torch_sparse {torch_sparse.__version__}"
+    except ImportError:
+        pass
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise ConfigError(f"--torch-sparse-op {path!r}: no such file")
+    torch.ops.load_library(path)
+    return f"library {path}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Neighbour sampling time per epoch: graphscale vs PyG NeighborLoader "
                                             "(torch-sparse) vs a Python loop.")
@@ -214,20 +263,27 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="epochs per method, interleaved; the median is reported")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--max-batches", type=int, default=0,
+                   help="time only the first N batches of each epoch and scale to the epoch's batch count "
+                        "(0 = whole epochs; the Python loop has --loop-batches)")
     p.add_argument("--prefetch", type=int, default=4, help="batches the prefetch thread keeps ready (graphscale-prefetch)")
     p.add_argument("--loop-batches", type=int, default=5,
                    help="batches the Python-loop sampler is timed on per round, scaled to an epoch (0 = whole epoch)")
     p.add_argument("--overlap-batches", type=int, default=0,
                    help="also time this many SAGE training steps with sampling inline / in a prefetch thread / in a "
                         "worker process, on the first graph (0 = skip)")
+    p.add_argument("--torch-sparse-op", default="", metavar="SO",
+                   help="a shared library that registers torch.ops.torch_sparse.neighbor_sample (torch-sparse's "
+                        "C++ sampler built alone, docs/sampling.md), for when the torch_sparse package is not "
+                        "installed; unused when it is")
     p.add_argument("--require-pyg", action="store_true", help="fail when PyG's sampler backend is missing (default: skip it)")
     p.add_argument("--seed", type=int, default=0, help="graph and sampling seed")
     p.add_argument("--accuracy", nargs="+", metavar="CONFIG",
                    help="instead of timing: train these configs (graphscale train) with --seeds seeds each and "
                         "write test accuracy at the best validation epoch")
     p.add_argument("--seeds", type=int, default=5, help="--accuracy: seeds 0..N-1 per config")
-    p.add_argument("--stem", default="", help="--accuracy: result file name without extension "
-                                              "(default sampling_accuracy)")
+    p.add_argument("--stem", default="", help="result file name without extension (default sampling, "
+                                              "or sampling_accuracy with --accuracy)")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
     if args.accuracy:
@@ -259,8 +315,14 @@ def main(argv=None) -> int:
         print(f"bench_sampling: skipping pyg: {pyg_backend}", file=sys.stderr)
         methods.remove("pyg")
 
+    op_source = _load_op(args.torch_sparse_op)
+    if "torch-sparse-op" in methods and op_source is None:
+        print("bench_sampling: skipping torch-sparse-op: torch_sparse is not installed and no --torch-sparse-op "
+              "library was given", file=sys.stderr)
+        methods.remove("torch-sparse-op")
+    stem = args.stem or NAME
     writer = ResultWriter.from_args(args, NAME, "cpu")
-    writer.check(NAME, NAME + "_overlap")
+    writer.check(stem, stem + "_overlap")
     rows, overlap = [], []
     for gname in args.graphs:
         n, e, s = GRAPHS[gname]
@@ -293,19 +355,25 @@ def main(argv=None) -> int:
                 for m in methods:
                     gc.collect()
                     if m == "pyg":
-                        res = _epoch_pyg(loader)
+                        res = _epoch_pyg(loader, args.max_batches)
                     elif m == "loop":
                         res = _epoch_loop(csr, seeds, fanouts, batch_size, args.loop_batches, r)
+                    elif m == "torch-sparse-op":  # the in-neighbour CSC PyG builds is this CSR
+                        res = _epoch_kernel(csr.rowptr, csr.col, seeds, fanouts, batch_size, r, args.max_batches)
                     else:
-                        res = _epoch_graphscale(samplers[m], r)
+                        res = _epoch_graphscale(samplers[m], r, args.max_batches)
                     times[m].append(res)
-                    print(f"[{gname}] threads={nt} round {r + 1} {m}: {res[0]:.2f} s/epoch ({res[1]} batches timed)",
+                    print(f"[{gname}] threads={nt} round {r + 1} {m}: {res[0]:.2f} s/epoch, {res[4]:.2f} s CPU "
+                          f"({res[1]} batches timed)",
                           file=sys.stderr, flush=True)
             num_batches = -(-s // batch_size)
-            pyg_med = statistics.median(t[0] for t in times["pyg"]) if "pyg" in times else None
+            def med_of(m, i):
+                return statistics.median(t[i] for t in times[m]) if m in times else None
+            pyg_med, op_med = med_of("pyg", 0), med_of("torch-sparse-op", 0)
+            pyg_cpu, op_cpu = med_of("pyg", 4), med_of("torch-sparse-op", 4)
             for m in methods:
                 epochs = [t[0] for t in times[m]]
-                med = statistics.median(epochs)
+                med, cpu = statistics.median(epochs), med_of(m, 4)
                 timed = sum(t[1] for t in times[m])
                 rows.append({
                     "graph": gname, "nodes": n, "edges": ei.size(1), "seed_nodes": s, "batches_per_epoch": num_batches,
@@ -316,26 +384,32 @@ def main(argv=None) -> int:
                     "ms_per_batch": round(1e3 * med / num_batches, 2),
                     "nodes_per_batch": round(sum(t[2] for t in times[m]) / timed),
                     "edges_per_batch": round(sum(t[3] for t in times[m]) / timed),
+                    "cpu_s_median": round(cpu, 3), "cpu_s": [round(t[4], 3) for t in times[m]],
                     "ratio_to_pyg": round(med / pyg_med, 3) if pyg_med else None,
-                    "extrapolated": m == "loop" and 0 < args.loop_batches < num_batches,
+                    "cpu_ratio_to_pyg": round(cpu / pyg_cpu, 3) if pyg_cpu else None,
+                    "ratio_to_torch_sparse_op": round(med / op_med, 3) if op_med else None,
+                    "cpu_ratio_to_torch_sparse_op": round(cpu / op_cpu, 3) if op_cpu else None,
+                    "extrapolated": (0 < args.loop_batches < num_batches) if m == "loop" else
+                    (0 < args.max_batches < num_batches),
                     "batches_timed": timed,
                     "setup_s": round(setup.get("pyg" if m == "pyg" else "graphscale", float("nan")), 2),
                     "load_average_end": [round(v, 2) for v in os.getloadavg()],
                 })
-                print(f"[{gname}] threads={nt} {m}: median {med:.2f} s/epoch"
-                      + (f", {med / pyg_med:.2f}x PyG" if pyg_med else ""), file=sys.stderr, flush=True)
+                print(f"[{gname}] threads={nt} {m}: median {med:.2f} s/epoch ({cpu:.2f} s CPU)"
+                      + (f", {med / pyg_med:.2f}x PyG" if pyg_med else "")
+                      + (f", {med / op_med:.2f}x torch-sparse op" if op_med else ""), file=sys.stderr, flush=True)
         if args.overlap_batches > 0 and not overlap:
             torch.set_num_threads(threads[0])
             overlap = _overlap_rows(csr, seeds, fanouts, batch_size, args.overlap_batches, args.rounds, args.seed,
                                     threads[0], gname)
         del loader, csr, ei
         gc.collect()
-    extra = {"graphs": {g: GRAPHS[g] for g in args.graphs}, "pyg_backend": pyg_backend,
+    extra = {"graphs": {g: GRAPHS[g] for g in args.graphs}, "pyg_backend": pyg_backend, "torch_sparse_op": op_source,
              "products_size": [args.products_nodes, args.products_edges]}
-    for path in writer.write_table(NAME, rows, extra):
+    for path in writer.write_table(stem, rows, extra):
         print(path)
     if overlap:
-        for path in writer.write_table(NAME + "_overlap", overlap, extra):
+        for path in writer.write_table(stem + "_overlap", overlap, extra):
             print(path)
     return 0
 

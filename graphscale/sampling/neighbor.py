@@ -162,13 +162,13 @@ def _uniform_positions(csr: CSR, nodes: Tensor, k: int, gen: torch.Generator) ->
     if k < 0:
         return _ranges(start, cnt, total), cnt
     big = (deg > k).nonzero().view(-1)
-    excl = torch.cumsum(cnt, 0) - cnt
-    off = torch.arange(total, device=nodes.device) - torch.repeat_interleave(excl, cnt, output_size=total)
-    if big.numel():
-        # the k slots of big node i start at excl[i]
+    pos = _ranges(start, cnt, total)  # the first cnt in-edges of every node ...
+    if big.numel():  # ... except that nodes with more than k get Floyd's uniform k-subset instead
+        excl = torch.cumsum(cnt, 0) - cnt
         slots = (excl.index_select(0, big).unsqueeze(1) + torch.arange(k, device=nodes.device)).view(-1)
-        off.index_copy_(0, slots, _floyd(deg.index_select(0, big), k, gen).view(-1))
-    return torch.repeat_interleave(start, cnt, output_size=total) + off, cnt
+        picked = start.index_select(0, big).unsqueeze(1) + _floyd(deg.index_select(0, big), k, gen)
+        pos.index_copy_(0, slots, picked.view(-1))
+    return pos, cnt
 
 
 def _weighted_positions(csr: CSR, weight: Tensor, nodes: Tensor, k: int,
