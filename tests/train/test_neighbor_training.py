@@ -104,3 +104,8 @@ def test_two_processes_split_the_batches(data_root, tmp_path):
     res = json.load(open(os.path.join(out, "results.json")))
     assert res["distributed"]["world_size"] == 2 and res["epochs"] == 2
     assert torch.isfinite(torch.tensor([r["loss"] for r in _rows(out)])).all()
+
+
+def test_neighbor_training_with_activation_compression(data_root, tmp_path):
+    res = train(_cfg(data_root, tmp_path / "comp", "memory.compression=layers", "train.epochs=2"))
+    assert res["epochs"] == 2 and all(r["loss"] > 0 for r in _rows(tmp_path / "comp"))
