@@ -308,14 +308,22 @@ def main(argv=None) -> int:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     if args.products_nodes < 2 or args.products_edges < 2:
         raise ConfigError(f"--products-nodes/--products-edges must be >= 2, got {args.products_nodes}, {args.products_edges}")
+    op_source = _load_op(args.torch_sparse_op)
     loader_cls, pyg_backend = _pyg_loader_cls()
+    if loader_cls is None and op_source is not None and op_source.startswith("library"):
+        # PyG calls torch.ops.torch_sparse.neighbor_sample when this flag is set; the flag is False here
+        # only because the torch_sparse Python package (which needs torch-scatter) is not installed.
+        import torch_geometric.typing as pyg_typing
+        pyg_typing.WITH_TORCH_SPARSE = True
+        loader_cls, _ = _pyg_loader_cls()
+        pyg_backend = (f"torch-sparse neighbor_sample op from {args.torch_sparse_op} (built alone; "
+                       f"torch_geometric.typing.WITH_TORCH_SPARSE set by this benchmark)")
     if "pyg" in methods and loader_cls is None:
         if args.require_pyg:
             raise ConfigError(f"PyG NeighborLoader cannot sample here: {pyg_backend}")
         print(f"bench_sampling: skipping pyg: {pyg_backend}", file=sys.stderr)
         methods.remove("pyg")
 
-    op_source = _load_op(args.torch_sparse_op)
     if "torch-sparse-op" in methods and op_source is None:
         print("bench_sampling: skipping torch-sparse-op: torch_sparse is not installed and no --torch-sparse-op "
               "library was given", file=sys.stderr)
