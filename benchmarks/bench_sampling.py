@@ -207,7 +207,7 @@ def accuracy(args) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sampling-") as tmp:
         for path in args.accuracy:
             tests, valids = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 out = os.path.join(tmp, f"{os.path.basename(os.path.dirname(path))}-{os.path.basename(path)}-{seed}")
                 overrides = [f"train.seed={seed}", f"log.out={out}", "log.progress=false"]
                 cfg = load_config(path, overrides)
@@ -224,10 +224,11 @@ def accuracy(args) -> int:
                 print(f"{path} seed {seed}: valid {res['best_valid']:.4f} test {res['test_at_best_valid']:.4f}",
                       file=sys.stderr, flush=True)
             summary.append({"config": path, "dataset": rows[-1]["dataset"], "sampler": rows[-1]["sampler"],
-                            "seed": f"mean of {args.seeds}", "best_valid": round(statistics.mean(valids), 4),
+                            "seed": f"mean of {args.seeds} from {args.first_seed}", "best_valid": round(statistics.mean(valids), 4),
                             "test_at_best_valid": round(statistics.mean(tests), 4),
                             "test_std": round(statistics.stdev(tests), 4) if len(tests) > 1 else 0.0,
-                            "command": f"python benchmarks/bench_sampling.py --accuracy {path} --seeds {args.seeds}"})
+                            "command": f"python benchmarks/bench_sampling.py --accuracy {path} --seeds {args.seeds} "
+                                       f"--first-seed {args.first_seed}"})
     for path in writer.write_table(stem, rows + summary):
         print(path)
     return 0
@@ -281,7 +282,8 @@ def main(argv=None) -> int:
     p.add_argument("--accuracy", nargs="+", metavar="CONFIG",
                    help="instead of timing: train these configs (graphscale train) with --seeds seeds each and "
                         "write test accuracy at the best validation epoch")
-    p.add_argument("--seeds", type=int, default=5, help="--accuracy: seeds 0..N-1 per config")
+    p.add_argument("--seeds", type=int, default=5, help="--accuracy: seeds per config (first-seed, first-seed + 1, ...)")
+    p.add_argument("--first-seed", type=int, default=0, help="--accuracy: the first train.seed")
     p.add_argument("--stem", default="", help="result file name without extension (default sampling, "
                                               "or sampling_accuracy with --accuracy)")
     add_output_args(p, NAME)
