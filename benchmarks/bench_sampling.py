@@ -388,7 +388,7 @@ def main(argv=None) -> int:
                 rows.append({
                     "graph": gname, "nodes": n, "edges": ei.size(1), "seed_nodes": s, "batches_per_epoch": num_batches,
                     "fanouts": fanouts, "batch_size": batch_size, "threads": nt, "method": m,
-                    "backend": pyg_backend if m == "pyg" else ("python loop" if m == "loop" else "torch ops"),
+                    "backend": {"pyg": pyg_backend, "loop": "python loop", "torch-sparse-op": op_source}.get(m, "torch ops"),
                     "prefetch": args.prefetch if m == "graphscale-prefetch" else 0,
                     "epoch_s_median": round(med, 3), "epoch_s": [round(v, 3) for v in epochs],
                     "ms_per_batch": round(1e3 * med / num_batches, 2),
