@@ -83,7 +83,7 @@ def _compact_block(adj: Tensor, r0: int, r1: int) -> tuple[Tensor, Tensor]:
     relabelled to index ``cols``, the distinct in-neighbours of the rows."""
     crow, col, val = _row_block(adj, r0, r1)
     cols, inv = torch.unique(col, return_inverse=True)
-    return torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel())), cols
+    return torch.sparse_csr_tensor(crow, inv, val, (r1 - r0, cols.numel()), check_invariants=False), cols
 
 
 # --------------------------------------------------------------------------- row-block passes
@@ -118,11 +118,42 @@ def propagate(adj: Tensor, x: Tensor, out: Tensor, block_rows: int = 65_536,
 
 
 # --------------------------------------------------------------------------- inference
+def edge_adjacency(graph, num_nodes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[N, N]`` sparse CSR tensor with one entry of weight 1 per edge (row = target), duplicates
+    kept as separate entries (so a ``mean`` aggregation over a row block counts them as
+    ``SAGEConv`` on the ``edge_index`` does). ``graph``: ``edge_index [2, E]`` or a square
+    :class:`~graphscale.ops.CSR` (its structure; its values are not used)."""
+    csr = graph if isinstance(graph, CSR) else CSR.from_edge_index(graph, num_nodes)
+    if csr.shape != (num_nodes, num_nodes):
+        raise DataError(f"the graph has shape {list(csr.shape)}, expected [N, N] with N = {num_nodes}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(csr.rowptr, csr.col, torch.ones(csr.num_edges, dtype=dtype),
+                                       (num_nodes, num_nodes), check_invariants=False)
+
+
+def model_inference(model, x: Tensor, adj, batch_size: int = 65_536, device: torch.device | str | None = None,
+                    store: FeatureStore | None = None) -> Tensor:
+    """Layer-wise full-graph output of any model exposing ``inference_layers()`` (a list of
+    :data:`LayerFn`; e.g. :class:`graphscale.nn.models.SAGE`), in eval mode, without gradients.
+    Raises :class:`~graphscale.errors.ConfigError` for a model without it."""
+    get = getattr(model, "inference_layers", None)
+    if get is None:
+        raise ConfigError(f"{type(model).__name__} has no inference_layers(): layer-wise inference needs a model "
+                          f"whose layers run one at a time (e.g. model.name=sage)")
+    was = model.training
+    model.eval()
+    try:
+        return layerwise_inference(get(), x, adj, batch_size=batch_size, device=device, store=store)
+    finally:
+        model.train(was)
+
+
 LayerFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @torch.no_grad()
-def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj: Tensor, batch_size: int = 65_536,
+def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj, batch_size: int = 65_536,
                         device: torch.device | str | None = None,
                         store: FeatureStore | None = None) -> Tensor:
     """Run a deep GNN on a large graph one layer at a time (all nodes of layer ``l`` before layer
@@ -151,7 +182,9 @@ def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj: Tensor, batch
     Args:
         layers: callables as above, applied in order (e.g. ``functools.partial``s or modules).
         x: ``[N, F]`` input features (host; mmap-backed is fine).
-        adj: ``[N, N]`` sparse CSR propagation matrix, row = target.
+        adj: ``[N, N]`` sparse CSR propagation matrix, row = target; or a graphscale
+            :class:`~graphscale.ops.CSR` / an ``edge_index [2, E]``, turned into one by
+            :func:`edge_adjacency` (weight 1 per edge, duplicates kept: what ``SAGEConv`` sees).
         batch_size: target nodes per batch (contiguous ranges of node ids).
         device: where layers run (default: ``x``'s device).
         store: allocates the intermediate ``[N, F]`` buffers (default: host memory).
@@ -161,6 +194,11 @@ def layerwise_inference(layers: Sequence[LayerFn], x: Tensor, adj: Tensor, batch
     """
     if len(layers) < 1:
         raise ConfigError(f"layerwise_inference needs at least one layer, got {len(layers)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"layerwise_inference batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(adj, CSR) or (isinstance(adj, Tensor) and adj.layout == torch.strided
+                                and adj.dtype in (torch.int64, torch.int32)):  # an edge_index
+        adj = edge_adjacency(adj, x.size(0), x.dtype)
     if adj.layout != torch.sparse_csr:
         raise DataError(f"adj must be a sparse CSR tensor (torch.sparse_csr), got layout {adj.layout}")
     if adj.size(0) != x.size(0) or adj.size(1) != x.size(0):

@@ -79,6 +79,13 @@ def _lgcn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     return LayerwiseGCN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, cfg.dropout)
 
 
+@register_model("sage", keys=("hidden_channels", "num_layers", "dropout", "norm", "residual"))
+def _sage(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
+    from graphscale.nn.models import SAGE
+    return SAGE(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers, dropout=cfg.dropout,
+                norm=cfg.norm, residual=cfg.residual)
+
+
 def _revgnn(cfg: ModelConfig, info: DatasetInfo, weight_tied: bool) -> nn.Module:
     from graphscale.nn.models import RevGNN
     return RevGNN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
@@ -160,6 +167,38 @@ def _cluster(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, train_m
                                  diag_lambda=cfg.diag_lambda, imbalance=cfg.imbalance,
                                  vertex_weight=cfg.vertex_weight, seed=seed,
                                  cache_dir=cfg.cache_dir or cache_dir, train_mask=train_mask)
+
+
+@register_sampler("neighbor", keys=("fanouts", "batch_size", "prefetch"))
+def _neighbor(cfg: SamplerConfig, edge_index, num_nodes, seed, cache_dir, train_mask=None):
+    # Seeds are the training nodes; under DDP the trainer asks for its own batches only (epoch(e, steps)).
+    from graphscale.sampling.neighbor import NeighborSampler
+    return NeighborSampler(edge_index, cfg.fanouts, cfg.batch_size, input_nodes=train_mask, num_nodes=num_nodes,
+                           seed=seed, prefetch=cfg.prefetch)
+
+
+def check_sampler_config(cfg) -> None:
+    """Checks of the neighbour sampler's keys against each other and the model's, before any data is
+    loaded: fanouts well formed and one per model layer, batch sizes >= 1."""
+    from graphscale.sampling.neighbor import check_batch_size, check_fanouts
+    s, m = cfg.sampler, cfg.model
+    if s.name == "neighbor":
+        try:
+            fanouts = check_fanouts(s.fanouts, "sampler.fanouts")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), key="sampler.fanouts") from None
+        try:
+            check_batch_size(s.batch_size, "sampler.batch_size")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), key="sampler.batch_size") from None
+        if s.prefetch < 0:
+            raise ConfigError(f"sampler.prefetch must be >= 0 (0 = sample inline), got {s.prefetch}",
+                              key="sampler.prefetch")
+        if len(fanouts) != m.num_layers:
+            raise ConfigError(f"sampler.fanouts={fanouts} has {len(fanouts)} entries but model.num_layers="
+                              f"{m.num_layers}; expected one fanout per layer", key="sampler.fanouts")
+    if s.eval_name == "layerwise" and s.eval_batch_size < 1:
+        raise ConfigError(f"sampler.eval_batch_size must be >= 1, got {s.eval_batch_size}", key="sampler.eval_batch_size")
 
 
 # --------------------------------------------------------------------------------------------

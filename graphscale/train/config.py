@@ -68,12 +68,14 @@ class DataConfig:
 class SamplerConfig:
     """How the graph is cut into training steps and how evaluation sees it."""
 
-    name: str = _choice("random", "random", "full", "cluster", doc="random: a fresh random node partition "
-                        "per epoch, one part per step; full: the whole graph per step; cluster: Cluster-GCN, "
-                        "num_parts fixed clusters (partitioner), clusters_per_batch merged per step")
+    name: str = _choice("random", "random", "full", "cluster", "neighbor", doc="random: a fresh random node "
+                        "partition per epoch, one part per step; full: the whole graph per step; cluster: Cluster-GCN, "
+                        "num_parts fixed clusters (partitioner), clusters_per_batch merged per step; neighbor: "
+                        "GraphSAGE neighbour sampling, batch_size training nodes per step with fanouts neighbours per hop")
     num_parts: int = _doc(10, "random: parts per epoch (steps per epoch)")
-    eval_name: str = _choice("full", "full", "random", "metis", doc="evaluation on the full graph, or on a partition "
-                             "(this partitioner) into eval_parts parts")
+    eval_name: str = _choice("full", "full", "random", "metis", "layerwise", doc="evaluation on the full graph, "
+                             "on a partition (this partitioner) into eval_parts parts, or layerwise: the full-graph "
+                             "output one layer at a time over eval_batch_size nodes (models with inference_layers: sage)")
     eval_parts: int = _doc(5, "evaluation parts when eval_name is a partitioner")
     eval_views: int = _doc(1, "independent partitions whose predictions are averaged (RevGNN multi-view)")
     # Cluster-GCN (name=cluster); see docs/partitioning.md.
@@ -86,13 +88,19 @@ class SamplerConfig:
     vertex_weight: str = _choice("none", "none", "degree", "train", doc="metis: balance node counts (none), "
                                  "edges (degree), or node counts and training nodes (train)")
     cache_dir: str = _doc("", "folder for cached partitions; empty = the trainer's (<data.root>/partitions)")
+    # Neighbour sampling (name=neighbor; graphscale.sampling.neighbor, docs/sampling.md).
+    fanouts: list[int] = field(default_factory=lambda: [15, 10, 5], metadata={"doc": "neighbor: neighbours "
+                               "sampled per node and hop, one entry per model layer (-1 = all)"})
+    batch_size: int = _doc(1024, "neighbor: training (seed) nodes per step")
+    prefetch: int = _doc(0, "neighbor: batches a background thread samples ahead (0 = sample inline)")
+    eval_batch_size: int = _doc(65_536, "eval_name=layerwise: nodes per block of layer-wise inference")
 
 
 @dataclass
 class ModelConfig:
     """The network. ``name`` picks from the model registry in :mod:`graphscale.train.build`."""
 
-    name: str = _choice("deepergcn", "deepergcn", "gcn", "lgcn", "revgnn", "wt-revgnn", "deq-gnn",
+    name: str = _choice("deepergcn", "deepergcn", "gcn", "lgcn", "revgnn", "wt-revgnn", "deq-gnn", "sage",
                         doc="model from the registry")
     hidden_channels: int = _doc(64, "width of every hidden layer")
     num_layers: int = _doc(7, "number of graph convolutions")
@@ -100,7 +108,8 @@ class ModelConfig:
     aggr: str = _choice("softmax", "softmax", "mean", "max", "add", "sum", doc="GENConv aggregation")
     t: float = _doc(1.0, "softmax aggregation temperature (initial value)")
     learn_t: bool = _doc(True, "learn the softmax temperature")
-    norm: str = _choice("layer", "layer", "batch", doc="normalisation inside blocks")
+    norm: str = _choice("layer", "layer", "batch", "none", doc="normalisation inside blocks (none: sage only)")
+    residual: bool = _doc(False, "sage: add each hidden layer's input to its output")
     block: str = _choice("res+", "res+", "res", "plain", doc="DeeperGCN block type")
     mlp_layers: int = _doc(2, "GENConv MLP depth")
     conv: str = _choice("pyg", "pyg", "graphscale", doc="deepergcn: GENConv implementation (graphscale = fused "

@@ -319,6 +319,12 @@ def local_steps(num_steps: int, world_size: int, grad_accum: int = 1) -> int:
     return padded_steps(num_steps, world_size, grad_accum) // world_size
 
 
+def rank_step_indices(num_steps: int, rank: int, world_size: int, grad_accum: int = 1) -> list[int]:
+    """The indices of the epoch's steps that :func:`deal` gives ``rank``, in order (padding repeats
+    included), for a sampler that can produce exactly those steps (and so samples nothing it drops)."""
+    return [i % num_steps for i in range(rank, padded_steps(num_steps, world_size, grad_accum), world_size)]
+
+
 def deal(steps: Iterable[T], num_steps: int, rank: int, world_size: int, grad_accum: int = 1) -> Iterator[T]:
     """This rank's share of an epoch: padded step ``i`` (item ``i mod K`` of ``steps``) goes to rank
     ``i mod W``. ``steps`` is consumed once, lazily; only the few items that padding repeats and

@@ -70,7 +70,9 @@ def used_keys(cfg: Config) -> dict[str, dict[str, str]]:
     if s.name == "cluster" and s.partitioner != "metis":  # METIS's own options
         keys = tuple(k for k in keys if k not in ("imbalance", "vertex_weight"))
     add("sampler", keys, f"sampler.name={s.name}")
-    if s.eval_name != "full":
+    if s.eval_name == "layerwise":
+        add("sampler", ("eval_batch_size",), "sampler.eval_name=layerwise")
+    elif s.eval_name != "full":
         add("sampler", ("eval_parts", "eval_views"), f"sampler.eval_name={s.eval_name}")
         if s.eval_name == "metis":
             add("sampler", ("cache_dir",), "sampler.eval_name=metis")
@@ -122,7 +124,8 @@ def usage_table() -> str:
     lines.append("samplers (sampler.name) and their keys, besides name and eval_name:")
     for name in sorted(SAMPLERS):
         lines.append(f"  {name}: {', '.join(sampler_keys(name)) or '(none)'}")
-    lines.append("  eval_name != full adds eval_parts, eval_views (and cache_dir for metis)")
+    lines.append("  eval_name random/metis adds eval_parts, eval_views (and cache_dir for metis); "
+                 "eval_name layerwise adds eval_batch_size")
     lines.append("memory.compression: " + "; ".join(f"{k}: {', '.join(v) or '(nothing else)'}"
                                                     for k, v in _COMPRESSION.items()))
     lines.append(f"train.mode=standard: {', '.join(_STANDARD_TRAIN)}")

@@ -27,11 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 from graphscale.errors import ConfigError, TrainingError
+from graphscale.sampling.neighbor import NeighborBatch, NeighborSampler
 from graphscale.sampling.partition import check_num_parts, partition
+from graphscale.sampling.propagation import edge_adjacency, model_inference
 from graphscale.sampling.samplers import epoch_seed
 from graphscale.sampling.subgraph import Subgraph, full_graph, part_subgraphs
 from graphscale.train import distributed
-from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler
+from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler, check_sampler_config
 from graphscale.train.config import Config
 from graphscale.train.metrics import Metric, loss_fn
 from graphscale.train.run import Run, load_data, new_best
@@ -57,7 +59,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False):
         self.cfg, self.resume = cfg, resume
-        self.run_ctx = run = Run(cfg, resume)
+        self.run_ctx = run = Run(cfg, resume, checks=(check_sampler_config,))
         self.rank, self.world_size, self.is_main = run.rank, run.world_size, run.is_main
         self.device, self.dir, self.out = run.device, run.dir, cfg.log.out
 
@@ -66,9 +68,9 @@ class Trainer:
         cfg = self.cfg
         with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
             self.data = data = load_data(cfg)
-        if cfg.sampler.name != "full":
+        if cfg.sampler.name not in ("full", "neighbor"):
             check_num_parts(cfg.sampler.num_parts, data.num_nodes)
-        if cfg.sampler.eval_name != "full":
+        if cfg.sampler.eval_name not in ("full", "layerwise"):
             check_num_parts(cfg.sampler.eval_parts, data.num_nodes)
         dev = self.device
         self.x, self.y = data.x.to(dev), data.y.to(dev)
@@ -81,6 +83,12 @@ class Trainer:
         info = DatasetInfo(data.x.size(1), data.num_outputs,
                            data.edge_attr.size(1) if data.edge_attr is not None else None)
         self.model = apply_memory(build_model(cfg.model, info), cfg.memory).to(dev)
+        if cfg.sampler.eval_name == "layerwise" and not hasattr(self.model, "inference_layers"):
+            raise ConfigError(f"sampler.eval_name=layerwise needs a model whose layers run one at a time "
+                              f"(inference_layers()); model.name={cfg.model.name} has none: use model.name=sage "
+                              f"or sampler.eval_name=full", key="sampler.eval_name")
+        # neighbour-sampled batches: layer l of an L-layer model only computes the hops it still needs
+        self._trim = "num_sampled_nodes" in inspect.signature(self.model.forward).parameters
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
@@ -116,6 +124,8 @@ class Trainer:
         weight = getattr(sub, "edge_weight", None)
         if weight is not None:
             return model(x, ei, ea, edge_weight=weight.to(dev))
+        if isinstance(sub, NeighborBatch) and self._trim:
+            return model(x, ei, ea, num_sampled_nodes=sub.num_sampled_nodes, num_sampled_edges=sub.num_sampled_edges)
         return model(x, ei, ea)
 
     def _train_epoch(self, epoch: int) -> float:
@@ -127,13 +137,18 @@ class Trainer:
         world, accum = self.world_size, self.cfg.train.grad_accum
         grouped = world * accum > 1
         num = distributed.local_steps(len(self.sampler), world, accum)
-        steps = self.sampler.epoch(epoch)
-        if grouped:
-            steps = distributed.deal(steps, len(self.sampler), self.rank, world, accum)
+        if grouped and isinstance(self.sampler, NeighborSampler):  # sample only this rank's (padded) steps
+            steps = self.sampler.epoch(epoch, distributed.rank_step_indices(len(self.sampler), self.rank, world, accum))
+        elif grouped:
+            steps = distributed.deal(self.sampler.epoch(epoch), len(self.sampler), self.rank, world, accum)
+        else:
+            steps = self.sampler.epoch(epoch)
         bar = tqdm(steps, total=num, desc=f"epoch {epoch}", leave=False,
                    disable=not self.cfg.log.progress or num == 1 or not self.is_main)
         for step, sub in enumerate(bar):
             mask = self.train_mask[sub.node_ids]
+            if isinstance(sub, NeighborBatch):  # the loss is on the seeds; the other nodes only feed them
+                mask[sub.batch_size:] = False
             if not grouped and not mask.any():
                 continue
             if step % accum == 0:
@@ -171,6 +186,11 @@ class Trainer:
         transform = getattr(self.sampler, "transform", lambda sub: sub)
         if s.eval_name == "full":
             return self._forward(transform(full_graph(self.edge_index, n)))
+        if s.eval_name == "layerwise":  # every rank computes all of it (one layer's [N, H] at a time)
+            if getattr(self, "_eval_adj", None) is None:
+                self._eval_adj = edge_adjacency(self.edge_index, n, self.x.dtype)
+            return model_inference(self.model, self.x, self._eval_adj, batch_size=s.eval_batch_size,
+                                   device=self.device).to(self.device)
         out, k = None, -1
         if self.world_size > 1:  # evaluation parts are dealt round-robin over ranks, logits summed over ranks
             out = torch.zeros(n, self.data.num_outputs, device=self.device)

@@ -5,5 +5,6 @@ from graphscale.nn.models.deq_gnn import DEQGNN
 from graphscale.nn.models.gcn import GCN
 from graphscale.nn.models.layerwise_gcn import LayerwiseGCN
 from graphscale.nn.models.revgnn import GENBlock, RevGNN
+from graphscale.nn.models.sage import SAGE
 
-__all__ = ["GCN", "LayerwiseGCN", "DeeperGCN", "make_norm", "GENBlock", "RevGNN", "DEQGNN"]
+__all__ = ["GCN", "LayerwiseGCN", "DeeperGCN", "make_norm", "GENBlock", "RevGNN", "DEQGNN", "SAGE"]
