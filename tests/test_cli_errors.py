@@ -66,6 +66,11 @@ CASES = [
     ("synth-root-under-a-file", lambda t: ["data", "synth", "--root", _under_a_file(t)],
      "cannot write the synthetic data set under"),
     ("bad-like", lambda t: ["train", *TINY, "data.like=ogbn-papers100m"], "'ogbn-papers100m' is not one of"),
+    # graphscale bench memory-depth: bad depths are named before anything is measured or written
+    ("bench-empty-depths", lambda t: ["bench", "memory-depth", "--depths", "", "--models", "reversible", "--out",
+                                      str(t / "b")], "--depths ''"),
+    ("bench-bad-depths", lambda t: ["bench", "memory-depth", "--quick", "--depths", "0,-1,abc", "--out", str(t / "b")],
+     "'abc'"),
     # graphscale gntk: every option is checked before any data is read or written
     ("gntk-c-grid-0", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--cv", "--c-grid", "0"], "--c-grid"),
     ("gntk-cuda-without-cuda", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--device", "cuda"],

@@ -6,6 +6,7 @@ on :mod:`graphscale.train.run`'s lifecycle and write the same files.
 """
 from __future__ import annotations
 
+from graphscale.train.build import check_sampler_config
 from graphscale.train.config import Config
 from graphscale.train.layerwise import check_layerwise_config
 from graphscale.train.run import check_common
@@ -18,6 +19,8 @@ def check(cfg: Config) -> None:
     check_used_keys(cfg)
     if cfg.train.mode == "layerwise":
         check_layerwise_config(cfg)
+    else:
+        check_sampler_config(cfg)
 
 
 def train(cfg: Config, resume: bool = False) -> dict:

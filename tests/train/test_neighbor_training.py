@@ -93,7 +93,6 @@ def test_layerwise_eval_needs_a_layerwise_model(data_root, tmp_path):
         train(_cfg(data_root, tmp_path / "g", "model.name=gcn", drop=("model.norm",)))
 
 
-@pytest.mark.slow
 def test_two_processes_split_the_batches(data_root, tmp_path):
     """``--nproc 2``: each rank samples its own batches (rank_step_indices) and the run finishes."""
     out = str(tmp_path / "ddp")
