@@ -235,6 +235,22 @@ class StopPolicy:
 Episode = Callable[[StopPolicy, int], tuple[float, int]]
 
 
+def _reinforce_round(run_episode: Episode, policy: "StopPolicy", r: int, opt, time_ratio: float,
+                     baseline: float | None, baseline_ratio: float) -> tuple[float, int, float, float]:
+    """Run episode ``r`` under ``policy`` and take one REINFORCE step; returns ``(final loss, epochs, cost,
+    new baseline)``."""
+    final_loss, epochs = run_episode(policy, r)
+    if not math.isfinite(final_loss):
+        raise ConfigError(f"controller episode {r} diverged (final loss {final_loss}); lower train.lr")
+    cost = final_loss + time_ratio * epochs
+    baseline = cost if baseline is None else baseline_ratio * baseline + (1 - baseline_ratio) * cost
+    if policy.log_probs:
+        opt.zero_grad(set_to_none=True)
+        ((cost - baseline) * torch.stack(policy.log_probs).sum()).backward()
+        opt.step()
+    return final_loss, epochs, cost, baseline
+
+
 def train_controller(run_episode: Episode, num_layers: int, rounds: int = 40, hidden_size: int = 16,
                      lr: float = 0.05, time_ratio: float = 1e-2, baseline_ratio: float = 0.9,
                      min_epochs: int = 10, max_epochs: int = 100, decision_step: int = 5, seed: int = 0,
@@ -296,15 +312,8 @@ def train_controller(run_episode: Episode, num_layers: int, rounds: int = 40, hi
             forced = {layer: decision_epochs[int(i)] for layer, i in enumerate(picks)}
         policy = StopPolicy(ctrl, num_layers, min_epochs, max_epochs, decision_step, sample=True, generator=gen,
                             forced=forced)
-        final_loss, epochs = run_episode(policy, r)
-        if not math.isfinite(final_loss):
-            raise ConfigError(f"controller episode {r} diverged (final loss {final_loss}); lower train.lr")
-        cost = final_loss + time_ratio * epochs
-        baseline = cost if baseline is None else baseline_ratio * baseline + (1 - baseline_ratio) * cost
-        if policy.log_probs:
-            opt.zero_grad(set_to_none=True)
-            ((cost - baseline) * torch.stack(policy.log_probs).sum()).backward()
-            opt.step()
+        final_loss, epochs, cost, baseline = _reinforce_round(run_episode, policy, r, opt, time_ratio, baseline,
+                                                              baseline_ratio)
         ps = [row["p_stop"] for row in policy.trace]
         p_sum, p_count = p_sum + sum(ps), p_count + len(ps)
         if log is not None:

@@ -155,34 +155,8 @@ def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx
     epoch = 0
     while True:
         epoch += 1
-        seed = _layer_seed(settings.seed, layer, epoch)
-        gen = torch.Generator().manual_seed(seed)
-        drop_gen = torch.Generator().manual_seed(seed + 1)
-        total, count = 0.0, 0
-        for idx in node_batches(train_idx, settings.batch_size, gen):
-            b = idx.numel()
-            keep = None
-            if p > 0:  # the global batch's mask, then this rank's rows of it
-                keep = torch.empty(b, z.size(1), dtype=z.dtype).bernoulli_(1 - p, generator=drop_gen).div_(1 - p)
-            if world_size > 1:
-                lo, hi = share_bounds(b, rank, world_size)
-                idx = idx[lo:hi]
-                keep = keep[lo:hi] if keep is not None else None
-            n = idx.numel()
-            zb = z[idx].to(device, non_blocking=True)
-            yb = y[idx].to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            out = runner(zb, keep.to(device, non_blocking=True) if keep is not None else None)
-            value = loss(out, yb) if n else out.sum() * 0.0  # an empty share still joins the all-reduce
-            if not torch.isfinite(value):
-                where = f" on rank {rank}" if world_size > 1 else ""
-                raise TrainingError(f"loss is {value.item()} in layer {layer + 1}, epoch {epoch}{where}: training "
-                                    f"diverged (try a lower train.lr={settings.lr})")
-            (value * (n * world_size / b) if world_size > 1 else value).backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
-            total, count = total + value.item() * n, count + n
+        total, count = _layer_epoch(runner, opt, params, layer, epoch, z, y, train_idx, loss, settings, p, device,
+                                    rank, world_size)
         if world_size > 1:
             total, count = distributed.all_reduce_sum([total, count], device=device)
         mean = total / max(count, 1)
@@ -193,6 +167,40 @@ def train_layer(model: LayerwiseGCN, layer: int, z: Tensor, y: Tensor, train_idx
             stop = distributed.broadcast_object(stop)
         if stop:
             return epoch, mean
+
+
+def _layer_epoch(runner, opt, params, layer: int, epoch: int, z: Tensor, y: Tensor, train_idx: Tensor, loss: Callable,
+                 settings: LayerSettings, p: float, device, rank: int, world_size: int) -> tuple[float, int]:
+    """One epoch of :func:`train_layer` on this rank's shares of the global batches: ``(loss sum, rows)``."""
+    seed = _layer_seed(settings.seed, layer, epoch)
+    gen = torch.Generator().manual_seed(seed)
+    drop_gen = torch.Generator().manual_seed(seed + 1)
+    total, count = 0.0, 0
+    for idx in node_batches(train_idx, settings.batch_size, gen):
+        b = idx.numel()
+        keep = None
+        if p > 0:  # the global batch's mask, then this rank's rows of it
+            keep = torch.empty(b, z.size(1), dtype=z.dtype).bernoulli_(1 - p, generator=drop_gen).div_(1 - p)
+        if world_size > 1:
+            lo, hi = share_bounds(b, rank, world_size)
+            idx = idx[lo:hi]
+            keep = keep[lo:hi] if keep is not None else None
+        n = idx.numel()
+        zb = z[idx].to(device, non_blocking=True)
+        yb = y[idx].to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        out = runner(zb, keep.to(device, non_blocking=True) if keep is not None else None)
+        value = loss(out, yb) if n else out.sum() * 0.0  # an empty share still joins the all-reduce
+        if not torch.isfinite(value):
+            where = f" on rank {rank}" if world_size > 1 else ""
+            raise TrainingError(f"loss is {value.item()} in layer {layer + 1}, epoch {epoch}{where}: training "
+                                f"diverged (try a lower train.lr={settings.lr})")
+        (value * (n * world_size / b) if world_size > 1 else value).backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        total, count = total + value.item() * n, count + n
+    return total, count
 
 
 def forward_features(model: LayerwiseGCN, layer: int, h: Tensor, adj: Tensor, store: FeatureStore,
