@@ -48,8 +48,3 @@ def save_json(obj, path: str) -> None:
 def save_text(text: str, path: str) -> None:
     """Text written atomically."""
     atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
-def load_torch(path: str):
-    # Checkpoints hold tensors, dicts, numbers and strings only: weights_only loading is safe.
-    return torch.load(path, map_location="cpu", weights_only=True)
