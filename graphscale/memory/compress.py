@@ -33,6 +33,8 @@ from graphscale.memory.hooks import compressed_activations, step_inputs
 from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
                                                  QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
 from graphscale.memory.compression_config import CompressionConfig
+from graphscale.memory.functional import (FUNCTIONAL_MODULES, detect_uncovered, functional_rule,
+                                          install_functional_rule)
 
 __all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
            "UncompressedLayersError"]
@@ -163,20 +165,50 @@ def _does_own_work(m: nn.Module) -> bool:
     return isinstance(m, MessagePassing)
 
 
-def find_uncompressed(model: nn.Module) -> list[tuple[str, str]]:
-    """``[(qualified name, class name)]`` of modules whose saved activations stay uncompressed.
-
-    Listed: leaf modules and PyG message-passing layers that are neither compressed nor registered
-    nor known to save no float activations. Not visible here (and not listed): functional calls in a
-    module's own ``forward`` (``F.relu(x)``); use :func:`hook_compression` to cover those too.
-    """
+def _static_uncompressed(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     out = []
     for name, m in model.named_modules():
-        if isinstance(m, _Compressed) or type(m) in _REPLACEMENTS or _is_passthrough(m):
+        if (isinstance(m, _Compressed) or type(m) in _REPLACEMENTS or type(m) in FUNCTIONAL_MODULES
+                or _is_passthrough(m)):
             continue
         if _does_own_work(m):
-            out.append((name or "<root>", type(m).__name__))
+            out.append((name or "<root>", type(m).__name__, m))
     return out
+
+
+def find_uncompressed(model: nn.Module, example_inputs=None) -> list[tuple[str, str]]:
+    """What stays uncompressed: ``[(qualified name, what)]``; ``what`` is a class name for a module, or
+    ``'CALL in forward'`` (e.g. ``('encoder', 'F.softmax in forward')``) for a torch call inside a
+    module's forward that saves an activation and has no compressed form.
+
+    Modules (always listed, no forward needed): leaf modules and PyG message-passing layers that are
+    neither compressed, nor registered (:func:`register_compressed`), nor covered by the functional
+    rule (torch activation modules such as ``nn.GELU``, whose forward is one covered call), nor known
+    to save no float activations.
+
+    Calls (see :mod:`graphscale.memory.functional`; the calls it covers, ``F.relu``, ``F.dropout``,
+    ``F.gelu``, ..., are not listed): found by running a forward, so
+
+    * with ``example_inputs`` (a tensor, a tuple of positional arguments, or a dict of keyword
+      arguments of ``model``'s forward): one training forward is run now and checked; the model's
+      training flags, buffers (BatchNorm statistics) and RNG state are restored afterwards;
+    * without: the result of the check ``compress_model`` made at the model's first training forward
+      (nothing before that forward, and nothing for a model ``compress_model`` never saw).
+
+    Calls inside a module that is listed itself are not listed again.
+    """
+    static = _static_uncompressed(model)
+    out = [(n, c) for n, c, _ in static]
+    rule = functional_rule(model)
+    if example_inputs is not None:
+        exempt = [m for _, _, m in static] + [m for m in model.modules() if _exact_under_hooks(m)]
+        calls = detect_uncovered(model, example_inputs, rule.cfg if rule is not None else None,
+                                 rule.norms if rule is not None else True, exempt, {n for n, _, _ in static})
+        if rule is not None:
+            rule.uncovered, rule.checked = calls, True
+    else:
+        calls = list(rule.uncovered) if rule is not None else []
+    return out + [c for c in calls if c not in out]
 
 
 def _resolve(preset, bits, group_size, kept_frac, norms, disable):
@@ -199,14 +231,31 @@ def _resolve(preset, bits, group_size, kept_frac, norms, disable):
 def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256, kept_frac: float = 1.0,
                    preset: str | None = None, norms: bool = True, strict: bool = False, disable: bool = False,
                    backend: str | None = None, hooks_fallback: bool = False,
-                   compress_inputs: bool = False, dropout_mask: str | None = None) -> nn.Module:
-    """Replace ``model``'s supported layers by activation-compressed twins, in place; returns the model.
+                   compress_inputs: bool = False, dropout_mask: str | None = None,
+                   example_inputs=None) -> nn.Module:
+    """Replace ``model``'s supported layers by activation-compressed twins, in place, and compress the
+    activation / dropout / norm calls inside its module forwards; returns the model.
 
-    Supported (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally projected),
-    ``nn.ReLU`` (1-bit mask), ``nn.Dropout`` (packed mask), ``nn.LayerNorm`` / ``nn.BatchNorm1d``
-    (quantized ``x_hat``), plus anything added with :func:`register_compressed`. Parameters and
-    buffers are shared with the originals. Calling it again re-configures the compressed layers
-    (idempotent for the same arguments).
+    Supported modules (exact types): ``nn.Linear`` and PyG's ``Linear`` (input quantized, optionally
+    projected), ``nn.ReLU`` (1-bit mask), ``nn.Dropout`` (packed mask), ``nn.LayerNorm`` /
+    ``nn.BatchNorm1d`` (quantized ``x_hat``), PyG's ``SAGEConv`` (mean / sum), plus anything added with
+    :func:`register_compressed`. Parameters and buffers are shared with the originals.
+
+    Functional calls (``F.relu``, ``x.relu()``, ``F.dropout``, ``F.gelu``, ``torch.sigmoid``,
+    ``F.batch_norm``, ... in a user's ``forward``; the list and what each stores is in
+    :mod:`graphscale.memory.functional`): the model's forward runs inside a
+    :class:`torch.overrides.TorchFunctionMode` that reroutes them to compressed twins (1-bit masks for
+    ReLU / leaky ReLU / dropout, the quantized derivative for smooth activations). A function mode
+    rather than ``torch.fx`` because PyG convolutions and data-dependent control flow do not trace; rather
+    than a saved-tensor rule because that sees tensors, not ops, so it could neither give ReLU an exact
+    mask nor tell what a compressed layer already stores. The rule does not act inside modules left
+    uncompressed (those listed by :func:`find_uncompressed`), which keep their storage as listed.
+    The first training forward is checked for calls that save an activation and have no compressed
+    form (``F.softmax``, ``torch.matmul`` of activations, ...): they are listed like modules (warning,
+    or :class:`UncompressedLayersError` with ``strict``, raised by that forward); give
+    ``example_inputs`` to run that check here instead.
+
+    Calling it again re-configures the compressed layers and the rule (idempotent for the same arguments).
 
     Args:
         model: any ``nn.Module`` (a supported module itself is converted and returned).
@@ -232,6 +281,9 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
             features; default: kept by reference, see :class:`CompressionConfig`).
         dropout_mask: ``'packed'`` (1 bit per element, torch's Bernoulli draw) or ``'seed'`` (0 bytes:
             the mask regenerated in backward from a seed); default: the preset's, else ``'packed'``.
+        example_inputs: arguments of one forward (a tensor, a tuple, or a dict of keyword arguments):
+            check the functional calls now (see :func:`find_uncompressed`) instead of at the first
+            training forward; the model's state is restored afterwards.
     """
     cfg, norms, disable = _resolve(preset, bits, group_size, kept_frac, norms, disable)
     if cfg is not None and (backend is not None or compress_inputs or dropout_mask is not None):
@@ -268,9 +320,21 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
     if hooks_fallback:
         _keep_exact_under_hooks(root)
     _track_inputs(root)
-    left = find_uncompressed(root)
+    static = _static_uncompressed(root)
+    # The functional rule keeps out of every module left uncompressed (listed: its storage stays as it
+    # is), out of max / min aggregations (exact on purpose) and, with norms=False, out of norm layers.
+    exact_norms = [(n, m) for n, m in root.named_modules() if not norms and type(m) in (nn.LayerNorm, nn.BatchNorm1d)]
+    exempt = [m for _, _, m in static] + [m for m in root.modules() if _exact_under_hooks(m)] + \
+        [m for _, m in exact_norms]
+    rule = install_functional_rule(root, use, norms, strict, exempt,
+                                   {n for n, _, _ in static} | {n or "<root>" for n, _ in exact_norms})
+    left = [(n, c) for n, c, _ in static]
     if not norms:
         left = [(n, c) for n, c in left if c not in ("LayerNorm", "BatchNorm1d")]
+    if example_inputs is not None and use is not None:
+        calls = detect_uncovered(root, example_inputs, use, norms, exempt, rule.static)
+        rule.uncovered, rule.checked = calls, True
+        left += calls
     if left:
         listing = ", ".join(f"{n} ({c})" for n, c in left)
         msg = (f"compress_model left {len(left)} module(s) uncompressed (their saved activations stay "

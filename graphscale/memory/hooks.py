@@ -5,7 +5,8 @@ The model-agnostic form of ActNN (Chen et al., ICML 2021) / GACT (Liu et al., IC
 pack (:mod:`graphscale.memory.quantize`) and dequantizes it when backward unpacks it. Kept as they are:
 integer / bool tensors (indices, masks), tensors smaller than ``min_numel``, per-row statistics
 (``[..., 1]`` tensors such as LayerNorm's mean and rstd: 1/D of the bytes, and backward divides by
-them), tensors holding inf / NaN,
+them), expanded views of smaller tensors (a zero stride: e.g. per-node counts broadcast over the
+features, which a mean aggregation divides by), tensors holding inf / NaN,
 and leaves (parameters, input features) and their views -- those usually stay alive outside autograd
 anyway, so a compressed copy would only add bytes. ``compress_inputs=True`` compresses leaves without
 grad too (worth it when the step's input is a fresh gather, as under subgraph sampling). A tensor
@@ -110,6 +111,15 @@ def _keep_leaf(t: Tensor, compress_inputs: bool) -> bool:
     return ref is not None and ref() is base
 
 
+def _broadcast(t: Tensor) -> bool:
+    """An expanded view (a zero stride over a dimension longer than 1), e.g. PyG's mean aggregation
+    dividing by ``count.view(-1, 1).expand_as(out)``: its storage is the small unexpanded tensor, so a
+    quantized copy would be larger than keeping it, and a backward that divides by it (``g / count``)
+    would divide by noisy values (measured: relative gradient error 0.77 below a 2-bit SAGEConv
+    aggregating over ``edge_index``)."""
+    return any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape))
+
+
 def _finite(q) -> bool:
     # Statistics are inf / NaN exactly when the data has inf / NaN (e.g. -inf fill values of an
     # empty max-reduction): quantizing would spread that over the whole row or group.
@@ -155,7 +165,7 @@ def compressed_activations(bits: int = 2, group_size: int | None = 256, min_nume
 
     def pack(t: Tensor):
         if (not t.is_floating_point() or t.numel() < min_numel or t.layout != torch.strided
-                or (t.dim() >= 2 and t.shape[-1] == 1) or _keep_leaf(t, cfg.compress_inputs)):
+                or (t.dim() >= 2 and t.shape[-1] == 1) or _broadcast(t) or _keep_leaf(t, cfg.compress_inputs)):
             report_ctx(t)
             return t
         q = cache.get(t, cfg, project=False)
