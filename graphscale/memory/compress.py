@@ -165,11 +165,21 @@ def _does_own_work(m: nn.Module) -> bool:
     return isinstance(m, MessagePassing)
 
 
+# Library code (C++ ops, nested calls a function mode does not see, Functions that keep tensors on ctx):
+# its modules are judged by class. A module defined anywhere else is user code: the functional rule acts
+# in its forward and the forward check lists what it leaves.
+_LIBRARIES = ("torch", "torch_geometric", "graphscale")
+
+
+def _library_class(m: nn.Module) -> bool:
+    return type(m).__module__.split(".")[0] in _LIBRARIES
+
+
 def _static_uncompressed(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     out = []
     for name, m in model.named_modules():
         if (isinstance(m, _Compressed) or type(m) in _REPLACEMENTS or type(m) in FUNCTIONAL_MODULES
-                or _is_passthrough(m)):
+                or _is_passthrough(m) or not _library_class(m)):
             continue
         if _does_own_work(m):
             out.append((name or "<root>", type(m).__name__, m))
@@ -181,10 +191,11 @@ def find_uncompressed(model: nn.Module, example_inputs=None) -> list[tuple[str, 
     ``'CALL in forward'`` (e.g. ``('encoder', 'F.softmax in forward')``) for a torch call inside a
     module's forward that saves an activation and has no compressed form.
 
-    Modules (always listed, no forward needed): leaf modules and PyG message-passing layers that are
-    neither compressed, nor registered (:func:`register_compressed`), nor covered by the functional
-    rule (torch activation modules such as ``nn.GELU``, whose forward is one covered call), nor known
-    to save no float activations.
+    Modules (always listed, no forward needed): leaf modules and PyG message-passing layers of torch,
+    PyG or graphscale that are neither compressed, nor registered (:func:`register_compressed`), nor
+    covered by the functional rule (torch activation modules such as ``nn.GELU``, whose forward is one
+    covered call), nor known to save no float activations. Modules defined elsewhere (the user's own)
+    are judged by the calls their forward makes, below.
 
     Calls (see :mod:`graphscale.memory.functional`; the calls it covers, ``F.relu``, ``F.dropout``,
     ``F.gelu``, ..., are not listed): found by running a forward, so

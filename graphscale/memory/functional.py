@@ -265,6 +265,8 @@ COVERED: dict = {
     F.layer_norm: ("F.layer_norm", _layer_norm),
 }
 
+_NORM_CALLS = (F.batch_norm, F.layer_norm)
+
 #: torch activation modules (exact types) whose forward is one covered call: the functional rule covers
 #: them, so ``find_uncompressed`` does not list them.
 FUNCTIONAL_MODULES = (nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish, nn.Hardtanh, nn.ReLU6,
@@ -352,7 +354,8 @@ class Recorder:
     parameters and buffers, step inputs and other tensors :func:`~graphscale.memory.hooks._keep_leaf`
     keeps by reference, what compressed layers save (their own small statistics), and what runs under
     inner saved-tensor hooks (hooked modules, compressed aggregations: those are compressed), and what
-    the compressed twin of a covered call saves (masks, per-channel ``rstd``) while ``rule.rerouting``.
+    the compressed twin of a covered call saves (masks, per-channel ``rstd``) while ``rule.rerouting``,
+    and norm calls when the rule keeps norms exact (``norms=False``: exact on request, as norm modules).
     """
 
     def __init__(self, root: nn.Module, rule: FunctionalRule):
@@ -369,7 +372,8 @@ class Recorder:
         if (self.stack and not self.rule.rerouting and isinstance(t, Tensor) and t.is_floating_point()
                 and t.layout == torch.strided):
             name, mod = self.stack[-1]
-            if (not isinstance(mod, _Compressed) and not _keep_leaf(t, False)
+            norm_kept = not self.rule.norms and self._calls.current in _NORM_CALLS  # exact on request
+            if (not isinstance(mod, _Compressed) and not norm_kept and not _keep_leaf(t, False)
                     and t.untyped_storage().data_ptr() not in self._param_keys):
                 self.found[(name or "<root>", f"{op_label(self._calls.current)} in forward")] = None
         return (packed,)
