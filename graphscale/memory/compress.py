@@ -33,15 +33,11 @@ from graphscale.memory.hooks import compressed_activations, step_inputs
 from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerNorm, QLinear, QPyGLinear, QReLU,
                                                  QSAGEConv, _Compressed, _PyGLinear, _SAGEConv)
 from graphscale.memory.compression_config import CompressionConfig
-from graphscale.memory.functional import (FUNCTIONAL_MODULES, detect_uncovered, functional_rule,
-                                          install_functional_rule)
+from graphscale.memory.functional import (FUNCTIONAL_MODULES, UncompressedLayersError, detect_uncovered,
+                                          functional_rule, install_functional_rule)
 
 __all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
            "UncompressedLayersError"]
-
-
-class UncompressedLayersError(ConfigError):
-    """``compress_model(strict=True)`` found modules it cannot compress."""
 
 
 #: preset name -> keyword arguments of :func:`compress_model` (``None``: compression off).

@@ -60,13 +60,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from graphscale.errors import ConfigError
 from graphscale.memory.compressed_layers import (_Compressed, _apply_keep, pack_mask, qbatch_norm, qdropout,
                                                  qlayer_norm, qlinear, stash, unpack_mask, unstash)
 from graphscale.memory.compression_config import CompressionConfig
 from graphscale.memory.hooks import _keep_leaf, step_inputs
 
-__all__ = ["FunctionalCompression", "FunctionalRule", "Recorder", "COVERED", "FUNCTIONAL_MODULES", "op_label",
+__all__ = ["UncompressedLayersError", "FunctionalCompression", "FunctionalRule", "Recorder", "COVERED", "FUNCTIONAL_MODULES", "op_label",
            "install_functional_rule", "functional_rule", "detect_uncovered"]
+
+class UncompressedLayersError(ConfigError):
+    """``compress_model(strict=True)`` found modules or calls it cannot compress."""
+
 
 _PASS = object()  # an adapter's "not for me": the call runs unchanged
 
@@ -482,7 +487,6 @@ def install_functional_rule(root: nn.Module, cfg: CompressionConfig | None, norm
 
 
 def _report(left: list[tuple[str, str]], strict: bool) -> None:
-    from graphscale.memory.compress import UncompressedLayersError
     listing = ", ".join(f"{n} ({c})" for n, c in left)
     msg = (f"compress_model: {len(left)} call(s) in module forwards save activations that stay full precision "
            f"(no compressed form): {listing}. Replace them by covered calls or modules, or cover them with "
