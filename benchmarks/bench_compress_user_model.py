@@ -13,6 +13,9 @@ the difference to float32. Also recorded: the activation bytes one training forw
 (``count_saved_bytes``, parameters excluded; the input features are kept by reference), the ratio
 to float32, and ``find_uncompressed`` on the compressed model (expected: nothing).
 
+``--grad-draws K`` also writes ``TAG-grad.csv``: the relative error of all parameter gradients at the
+seed-0 initialisation against float32 (same dropout draw), over ``K`` quantization seeds.
+
 Configurations (``--configs``): ``fp32`` (the baseline, always run); ``2bit`` = ``compress_model(model,
 bits=2)``, the default configuration; ``4bit``, ``8bit``; ``2bit-node`` (per-node statistics, EXACT);
 ``2bit-exact-inputs`` (2 bits, but the dropped-out input features that the first layer reads are
@@ -21,7 +24,7 @@ stored exactly: ``F.dropout`` on the input runs before ``compress_model``'s rule
 Example (the committed rows)::
 
     python benchmarks/bench_compress_user_model.py --datasets cora citeseer --configs fp32 2bit \\
-        --seeds 5 --epochs 200 --out benchmarks/results --tag compress-user-sage
+        --seeds 5 --epochs 100 --out benchmarks/results --tag compress-user-sage-cora
 """
 from __future__ import annotations
 
@@ -132,6 +135,26 @@ def _saved_bytes(model, data) -> int:
     return c.total
 
 
+def _grad_error(config: str, data, hidden: int, dropout: float, draws: int) -> tuple[float, float]:
+    """(mean, max) over ``draws`` quantization seeds of ``|grad - grad_fp32| / |grad_fp32|`` over all
+    parameters, at the seed-0 initialisation, with the same dropout draw as float32."""
+    from graphscale.memory.random_streams import set_seed
+
+    def grad(model, k):
+        model.train()
+        model.zero_grad()
+        set_seed(k)
+        torch.manual_seed(123)  # identical dropout masks in every draw and every config
+        tr = data.split["train"]
+        F.cross_entropy(model(data.x, data.edge_index)[tr], data.y[tr]).backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+    ref = grad(_build("fp32", data, hidden, dropout, 0), 0)
+    model = _build(config, data, hidden, dropout, 0)
+    errs = [float((grad(model, k) - ref).norm() / ref.norm()) for k in range(draws)]
+    return statistics.mean(errs), max(errs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +167,11 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=["fp32", "2bit"], choices=list(CONFIGS), metavar="CONFIG",
                    help=f"configurations, from {', '.join(CONFIGS)} (default: fp32 2bit; the difference to fp32 "
                         f"is filled in when fp32 is among them)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration (default 5)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="training seeds per configuration (default 5; 0 skips the accuracy runs)")
+    p.add_argument("--grad-draws", type=int, default=0,
+                   help="quantization seeds for the gradient error at initialisation against float32, written "
+                        "to TAG-grad.csv (default 0: not measured)")
     p.add_argument("--epochs", type=int, default=200, help="training epochs per run (default 200)")
     p.add_argument("--hidden", type=int, default=64, help="hidden width (default 64)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
@@ -155,9 +182,14 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="free text stored with the results")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
-    for key in ("seeds", "epochs", "hidden", "threads"):
+    for key in ("epochs", "hidden", "threads"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} must be at least 1, got {getattr(args, key)}")
+    for key in ("seeds", "grad_draws"):
+        if getattr(args, key) < 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least 0, got {getattr(args, key)}")
+    if args.seeds == 0 and args.grad_draws == 0:
+        raise ConfigError("nothing to measure: give --seeds or --grad-draws at least 1")
     if not 0.0 <= args.dropout < 1.0:
         raise ConfigError(f"--dropout must be in [0, 1), got {args.dropout}")
 
@@ -165,14 +197,25 @@ def main(argv=None) -> int:
     from graphscale.memory import find_uncompressed
 
     writer = ResultWriter.from_args(args, NAME, "cpu")
-    writer.check(args.tag)
+    stems = ([args.tag] if args.seeds else []) + ([args.tag + "-grad"] if args.grad_draws else [])
+    writer.check(*stems)
     torch.set_num_threads(args.threads)
     # fp32 first when asked for (the baseline of the differences); a long run may be split into one
     # process per configuration, the seeds making the runs comparable across processes
     configs = sorted(dict.fromkeys(args.configs), key=lambda c: c != "fp32")
-    rows = []
+    rows, grad_rows = [], []
     for ds in args.datasets:
         data = load_dataset(ds, args.root)
+        for config in configs if args.grad_draws else ():
+            if config == "fp32":
+                continue
+            mean_err, max_err = _grad_error(config, data, args.hidden, args.dropout, args.grad_draws)
+            grad_rows.append({"dataset": ds, "config": config, "draws": args.grad_draws,
+                              "grad_rel_err_mean": round(mean_err, 4), "grad_rel_err_max": round(max_err, 4)})
+            print(f"{ds} {config}: gradient error {mean_err:.4f} (max {max_err:.4f})", flush=True)
+            writer.write_table(args.tag + "-grad", grad_rows, {"note": args.note, "command": " ".join(sys.argv)})
+        if not args.seeds:
+            continue
         base_mean = None
         base_bytes = None
         for config in configs:
