@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphscale.bench.output import ResultWriter, add_output_args
-from graphscale.errors import ConfigError
+from graphscale.errors import ConfigError, GraphscaleError
 
 NAME = "compress-user-model"
 # name: keyword arguments of compress_model (None: float32, no compression)
@@ -182,6 +182,14 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="", help="free text stored with the results")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except GraphscaleError as exc:  # bad input / an existing result file: one line, no traceback
+        print(f"bench_compress_user_model: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     for key in ("epochs", "hidden", "threads"):
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} must be at least 1, got {getattr(args, key)}")
