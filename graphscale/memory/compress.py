@@ -280,8 +280,9 @@ def compress_model(model: nn.Module, bits: int = 2, group_size: int | None = 256
         hooks_fallback: cover the modules that have no replacement (those :func:`find_uncompressed`
             lists, e.g. PyG message-passing layers and their aggregations) with saved-tensor hooks
             scoped to their forward: every float tensor they save is quantized (no projection, no
-            1-bit masks; see :mod:`graphscale.memory.hooks` for the caveat). Functional calls in a
-            module's own forward that is not listed still stay uncompressed. Max / min aggregations
+            1-bit masks; see :mod:`graphscale.memory.hooks` for the caveat). Inside a hooked module the
+            functional rule still reroutes the calls it covers (exact masks, stored derivatives: kept on
+            ``ctx`` or as uint8, so the hooks do not quantize them again). Max / min aggregations
             keep what they save exact (their backward compares saved input and output; quantized
             copies would make the gradient NaN).
         compress_inputs: also compress layer inputs without autograd history (the step's input
