@@ -4,7 +4,9 @@ autograd saves, compressed layers and hooks, and memory accounting.
 Modules: ``compression_options`` (accepted values, validators) -> ``random_streams`` (seeds, counter
 hash, noise, seed masks) and ``bitpack`` (code packing) -> ``quantize`` (containers, quantize /
 dequantize) -> ``compression_config`` (``CompressionConfig``) -> ``hooks`` -> ``compressed_layers`` ->
-``compress`` (``compress_model``); ``accounting`` counts bytes.
+``functional`` (the rule for ``F.relu`` / ``F.dropout`` / ... calls in module forwards, and the recorder
+behind ``find_uncompressed(model, example_inputs)``) -> ``compress`` (``compress_model``); ``accounting``
+counts bytes.
 """
 from graphscale.memory.accounting import (count_saved_bytes, peak_rss_subprocess, profiled_forward_bytes,
                                           report_ctx, state_bytes, tensor_bytes)
