@@ -55,9 +55,29 @@ def resolve_store_config(cfg: Config) -> Config:
                               f"partitioned store, but data.partitions is not set; set data.partitions=DIR or "
                               f"another sampler.eval_name", key="sampler.eval_name")
         return cfg
+    if cfg.train.mode == "layerwise":
+        raise ConfigError(f"data.partitions{where(cfg, 'data.partitions')} with train.mode=layerwise: layer-wise "
+                          f"training aggregates over the whole graph; use train.mode=standard with "
+                          f"sampler.name=cluster", key="train.mode")
+    if s.name not in STORE_SAMPLERS:
+        why = "needs the whole graph in every process" if s.name in WHOLE_GRAPH_SAMPLERS else \
+            "has no partitioned-store version yet"
+        raise ConfigError(f"sampler.name={s.name}{where(cfg, 'sampler.name')} {why}, but data.partitions="
+                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster",
+                          key="sampler.name")
+    explicit = explicit_keys(cfg)
+    for key in _FIXED_BY_STORE:
+        if f"sampler.{key}" in explicit:
+            raise ConfigError(f"sampler.{key} is set{where(cfg, 'sampler.' + key)} but with data.partitions the "
+                              f"partition is the store's, fixed when it was written; remove it", key=f"sampler.{key}")
+    if s.eval_name != "parts":
+        if "sampler.eval_name" in explicit:
+            raise ConfigError(f"sampler.eval_name={s.eval_name}{where(cfg, 'sampler.eval_name')} needs the whole "
+                              f"graph, but data.partitions={d.partitions} gives each process only its parts; use "
+                              f"sampler.eval_name=parts (each process predicts its own parts)", key="sampler.eval_name")
+        s.eval_name = "parts"
     root = os.path.expanduser(d.partitions)
     meta = read_meta(root)
-    explicit = explicit_keys(cfg)
     stored = meta["data_config"]
     for key, value in stored.items():
         if key in DATA_KEYS_NOT_IN_STORE or not hasattr(d, key):
@@ -69,31 +89,11 @@ def resolve_store_config(cfg: Config) -> Config:
     for key, value in stored.items():
         if key not in DATA_KEYS_NOT_IN_STORE and hasattr(d, key):
             setattr(d, key, value)
-    if cfg.train.mode == "layerwise":
-        raise ConfigError(f"data.partitions{where(cfg, 'data.partitions')} with train.mode=layerwise: layer-wise "
-                          f"training aggregates over the whole graph; use train.mode=standard with "
-                          f"sampler.name=cluster", key="train.mode")
-    if s.name not in STORE_SAMPLERS:
-        why = "needs the whole graph in every process" if s.name in WHOLE_GRAPH_SAMPLERS else \
-            "has no partitioned-store version yet"
-        raise ConfigError(f"sampler.name={s.name}{where(cfg, 'sampler.name')} {why}, but data.partitions="
-                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster",
-                          key="sampler.name")
     for key, value in (("num_parts", meta["num_parts"]), ("partitioner", meta["method"])):
         if f"sampler.{key}" in explicit and getattr(s, key) != value:
             raise StoreError(f"sampler.{key}={getattr(s, key)!r}{where(cfg, 'sampler.' + key)} but the store {root} "
                              f"has {key}={value!r} ({root}/meta.json); drop sampler.{key} or write a store with it")
         setattr(s, key, value)
-    for key in _FIXED_BY_STORE:
-        if f"sampler.{key}" in explicit:
-            raise ConfigError(f"sampler.{key} is set{where(cfg, 'sampler.' + key)} but with data.partitions the "
-                              f"partition is the store's, fixed when it was written; remove it", key=f"sampler.{key}")
-    if s.eval_name != "parts":
-        if "sampler.eval_name" in explicit:
-            raise ConfigError(f"sampler.eval_name={s.eval_name}{where(cfg, 'sampler.eval_name')} needs the whole "
-                              f"graph, but data.partitions={d.partitions} gives each process only its parts; use "
-                              f"sampler.eval_name=parts (each process predicts its own parts)", key="sampler.eval_name")
-        s.eval_name = "parts"
     return cfg
 
 
@@ -195,20 +195,25 @@ def predict_store(trainer) -> dict:
 
 def evaluate_store(trainer) -> dict:
     """Scores of every split: predictions of all ranks gathered by node id on rank 0, scored there,
-    broadcast (collective: every rank calls it)."""
+    broadcast (collective: every rank calls it; a problem found on rank 0 is raised on every rank)."""
     mine = predict_store(trainer)
     gathered = distributed.gather_object(mine)
-    scores = None
+    scores, error = None, None
     if trainer.is_main:
         scores = {}
         sizes = trainer.data.meta["split_sizes"]
         for k in SPLITS:
             ids = torch.cat([g[k][0] for g in gathered])
-            if ids.numel() != sizes[k] or torch.unique(ids).numel() != ids.numel():
-                raise StoreError(f"evaluation gathered {ids.numel()} {k} predictions ({torch.unique(ids).numel()} "
-                                 f"distinct nodes) but the store has {sizes[k]} {k} nodes")
+            distinct = torch.unique(ids).numel()
+            if ids.numel() != sizes[k] or distinct != ids.numel():
+                error = (f"evaluation gathered {ids.numel()} {k} predictions ({distinct} distinct nodes) but the "
+                         f"store {trainer.data.root} has {sizes[k]} {k} nodes")
+                break
             order = torch.argsort(ids)
             logits = torch.cat([g[k][1] for g in gathered])[order]
             y = torch.cat([g[k][2] for g in gathered])[order]
             scores[k] = trainer.metric(y, logits) if ids.numel() else float("nan")
-    return distributed.broadcast_object(scores)
+    scores, error = distributed.broadcast_object((scores, error))
+    if error:
+        raise StoreError(error)
+    return scores
