@@ -97,6 +97,18 @@ def resolve_store_config(cfg: Config) -> Config:
     return cfg
 
 
+def check_store_world(cfg: Config, world_size: int) -> None:
+    """Refuse ``world_size`` processes (times ``train.grad_accum`` groups) on a store with fewer parts,
+    before any process is started (the same checks run again in every rank)."""
+    meta = read_meta(os.path.expanduser(cfg.data.partitions))
+    owned_parts(meta["num_parts"], 0, world_size)
+    groups = world_size * cfg.train.grad_accum
+    if groups > meta["num_parts"]:
+        raise ConfigError(f"{world_size} process(es) x train.grad_accum={cfg.train.grad_accum} = {groups} groups of "
+                          f"parts, but the store {cfg.data.partitions} has only {meta['num_parts']} part(s); partition "
+                          f"into >= {groups} parts or lower train.grad_accum", key="train.grad_accum")
+
+
 @dataclass
 class RankData:
     """This rank's share of a store, with the attributes of a
