@@ -180,10 +180,11 @@ def test_halo_batch_is_the_full_in_neighbourhood(products, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- training
-def _train(overrides, out):
+def _train(overrides, out, drop=()):
     from graphscale.train.api import train
     from graphscale.train.config import load_config
-    return train(load_config(None, [*TINY, *overrides, f"log.out={out}"]))
+    base = [o for o in TINY if o.split("=")[0] not in drop]
+    return train(load_config(None, [*base, *overrides, f"log.out={out}"]))
 
 
 def _model(out):
@@ -257,6 +258,9 @@ def test_halo_store_trains_and_deep_models_run(products, root, tmp_path):
                   "model.num_layers=2", "model.hidden_channels=8", "memory.compression=layers", "train.grad_accum=2"],
                  tmp_path / "rev")
     assert np.isfinite(_rows(tmp_path / "rev")[0]["loss"]) and res["epochs"] == 1
+    res = _train([f"data.root={root}", f"data.partitions={out}", "train.epochs=1", "model.name=deq-gnn",
+                  "model.hidden_channels=8", "model.max_iter=5"], tmp_path / "deq", drop=("model.num_layers",))
+    assert np.isfinite(_rows(tmp_path / "deq")[0]["loss"]) and res["epochs"] == 1
 
 
 # ----------------------------------------------------------------------------------- 2 processes
