@@ -192,6 +192,42 @@ class RankParts:
         return Subgraph(node_ids, ei, lid, weight)
 
 
+    def blocks(self, parts: list[int], diag_lambda: float | None = None) -> tuple[Subgraph, list[int]]:
+        """The owned ``parts`` side by side, each exactly as it is alone (its inner nodes and intra
+        edges, and with a halo store its halo nodes and entering edges; no edge between two parts
+        and no node shared): one block-diagonal batch whose outputs are, part by part, those of the
+        part alone -- evaluation runs several parts per forward pass this way.
+
+        Returns:
+            ``(subgraph, starts)``: ``starts[i]`` is the first row of ``parts[i]`` in the batch (its
+            ``num_inner`` inner rows come first, then its halo rows).
+        """
+        node_ids, src, dst, lid, starts = [], [], [], [], []
+        off = 0
+        for p in parts:
+            k = self.index[p]
+            P, no, eo = self.parts[k], int(self.node_off[k]), int(self.edge_off[k])
+            rows = P.nodes.numel() if self.halo else P.num_inner
+            starts.append(off)
+            node_ids.append(torch.arange(no, no + rows))
+            src.append(off + P.col)
+            dst.append(off + self._dst[k])
+            lid.append(eo + torch.arange(P.num_intra))
+            if self.halo:
+                src.append(off + P.num_inner + torch.searchsorted(P.nodes[P.num_inner:], P.cross_src))
+                dst.append(off + P.cross_dst)
+                lid.append(eo + P.num_intra + torch.arange(P.num_cross))
+            off += rows
+        ei, lid = torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(lid)
+        node_ids = torch.cat(node_ids)
+        weight = None
+        if diag_lambda is not None:
+            keep = (ei[0] != ei[1]).nonzero().view(-1)
+            ei, lid = ei[:, keep], lid[keep]
+            weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
+        return Subgraph(node_ids, ei, lid, weight), starts
+
+
 class StoreClusterSampler:
     """Cluster-GCN batches over the parts one rank owns (module docstring).
 

@@ -189,19 +189,26 @@ def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int)
 @torch.no_grad()
 def predict_store(trainer) -> dict:
     """``{split: (global ids, logits, labels)}`` of this rank's inner split nodes: every owned part
-    predicted alone (with its halo where the store has one), normalised as training batches are."""
+    predicted as if alone (with its halo where the store has one; :meth:`RankParts.blocks`),
+    normalised as training batches are."""
     trainer.model.eval()
     rp: RankParts = trainer.data.parts
-    lam = trainer.cfg.sampler.diag_lambda
+    s = trainer.cfg.sampler
     out = {k: ([], [], []) for k in SPLITS}
-    for part in rp.parts:
-        sub = rp.batch([part.index], diag_lambda=lam)
-        logits = trainer._forward(sub)[:part.num_inner].float().cpu()
-        for k in SPLITS:
-            loc = part.split[k]
-            out[k][0].append(part.nodes[loc])
-            out[k][1].append(logits[loc])
-            out[k][2].append(part.y[loc])
+    # clusters_per_batch parts per forward pass, side by side (block-diagonal): each part's outputs are
+    # those of the part alone, at the cost of a training step's memory
+    owned = [P.index for P in rp.parts]
+    for i in range(0, len(owned), s.clusters_per_batch):
+        chunk = owned[i:i + s.clusters_per_batch]
+        sub, starts = rp.blocks(chunk, diag_lambda=s.diag_lambda)
+        logits = trainer._forward(sub).float().cpu()
+        for p, start in zip(chunk, starts):
+            part = rp.parts[rp.index[p]]
+            for k in SPLITS:
+                loc = part.split[k]
+                out[k][0].append(part.nodes[loc])
+                out[k][1].append(logits[start + loc])
+                out[k][2].append(part.y[loc])
     return {k: tuple(torch.cat(v) for v in out[k]) for k in SPLITS}
 
 

@@ -177,6 +177,16 @@ def test_halo_batch_is_the_full_in_neighbourhood(products, tmp_path):
         assert not is_inner[halo].any() and halo.unique().numel() == halo.numel()
         assert torch.equal(rp.x[sub.node_ids], products.x[glob])
         assert not torch.isin(rp.split["train"], sub.node_ids[inner.numel():]).any()  # halo rows carry no loss
+    # evaluation blocks: parts side by side, each exactly its batch alone (halo rows not shared)
+    blk, starts = rp.blocks([0, 3, 4])
+    ends = starts[1:] + [blk.num_nodes]
+    for p, a, b in zip([0, 3, 4], starts, ends):
+        alone = rp.batch([p])
+        assert torch.equal(rp.global_ids[blk.node_ids[a:b]], rp.global_ids[alone.node_ids])
+        inside = (blk.edge_index[1] >= a) & (blk.edge_index[1] < b)
+        assert bool(((blk.edge_index[0][inside] >= a) & (blk.edge_index[0][inside] < b)).all())
+        key = lambda e: set(map(tuple, e.t().tolist()))  # noqa: E731
+        assert key(blk.edge_index[:, inside] - a) == key(alone.edge_index)
 
 
 # ----------------------------------------------------------------------------------- training
