@@ -21,7 +21,7 @@ import torch
 
 from graphscale.data.part_store import SPLITS, StoreError, owned_parts, read_meta
 from graphscale.errors import ConfigError
-from graphscale.sampling.store_sampler import RankParts, StoreClusterSampler
+from graphscale.sampling.store_sampler import RankParts, StoreClusterSampler, StoreRandomSampler
 from graphscale.train import distributed
 from graphscale.train.config import Config, explicit_keys, where
 
@@ -29,7 +29,7 @@ from graphscale.train.config import Config, explicit_keys, where
 DATA_KEYS_NOT_IN_STORE = ("root", "partitions", "store_verify")
 #: samplers that need the whole graph in every process
 WHOLE_GRAPH_SAMPLERS = ("full", "neighbor")
-STORE_SAMPLERS = ("cluster",)
+STORE_SAMPLERS = ("cluster", "random")
 _FIXED_BY_STORE = ("imbalance", "vertex_weight", "cache_dir")
 
 
@@ -41,8 +41,9 @@ def resolve_store_config(cfg: Config) -> Config:
 
     * ``data.*`` (except ``root``, ``partitions``, ``store_verify``) are taken from the store; one set
       explicitly must equal the store's value (a store of another data set or shape is refused);
-    * ``sampler.name`` must be ``cluster``; ``full`` / ``neighbor`` need the whole graph;
-    * ``sampler.num_parts`` / ``sampler.partitioner`` are the store's (explicit values must agree);
+    * ``sampler.name`` must be ``cluster`` or ``random``; ``full`` / ``neighbor`` need the whole graph;
+    * with ``cluster``, ``sampler.num_parts`` / ``sampler.partitioner`` are the store's (explicit
+      values must agree); with ``random``, ``num_parts`` is the random parts per epoch, as in memory;
       ``imbalance`` / ``vertex_weight`` / ``cache_dir`` were fixed when the store was written;
     * ``sampler.eval_name`` is ``parts`` (the default with a store); ``full`` / ``random`` / ``metis``
       / ``layerwise`` set explicitly are refused (they need the whole graph);
@@ -63,7 +64,7 @@ def resolve_store_config(cfg: Config) -> Config:
         why = "needs the whole graph in every process" if s.name in WHOLE_GRAPH_SAMPLERS else \
             "has no partitioned-store version yet"
         raise ConfigError(f"sampler.name={s.name}{where(cfg, 'sampler.name')} {why}, but data.partitions="
-                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster",
+                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster or random",
                           key="sampler.name")
     explicit = explicit_keys(cfg)
     for key in _FIXED_BY_STORE:
@@ -89,7 +90,8 @@ def resolve_store_config(cfg: Config) -> Config:
     for key, value in stored.items():
         if key not in DATA_KEYS_NOT_IN_STORE and hasattr(d, key):
             setattr(d, key, value)
-    for key, value in (("num_parts", meta["num_parts"]), ("partitioner", meta["method"])):
+    fixed = (("num_parts", meta["num_parts"]), ("partitioner", meta["method"])) if s.name == "cluster" else ()
+    for key, value in fixed:  # Cluster-GCN's clusters are the store's parts
         if f"sampler.{key}" in explicit and getattr(s, key) != value:
             raise StoreError(f"sampler.{key}={getattr(s, key)!r}{where(cfg, 'sampler.' + key)} but the store {root} "
                              f"has {key}={value!r} ({root}/meta.json); drop sampler.{key} or write a store with it")
@@ -179,8 +181,13 @@ def open_rank_data(cfg: Config, rank: int, world_size: int) -> RankData:
     return data
 
 
-def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int) -> StoreClusterSampler:
+def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int):
+    """The store version of ``sampler.name``: Cluster-GCN over the store's parts, or random parts
+    of the rank's nodes every epoch."""
     s = cfg.sampler
+    if s.name == "random":
+        return StoreRandomSampler(data.parts, s.num_parts, seed=cfg.train.seed, rank=rank, world_size=world_size,
+                                  grad_accum=cfg.train.grad_accum)
     return StoreClusterSampler(data.parts, clusters_per_batch=s.clusters_per_batch, seed=cfg.train.seed,
                                diag_lambda=s.diag_lambda, rank=rank, world_size=world_size,
                                grad_accum=cfg.train.grad_accum)

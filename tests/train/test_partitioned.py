@@ -156,6 +156,30 @@ def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, 
             assert torch.equal(rp.y[b.node_ids], products.y[a.node_ids])
 
 
+def test_store_random_batches_are_the_in_memory_random_partition_batches(products, tmp_path):
+    from graphscale.sampling.samplers import PartitionSampler
+    from graphscale.sampling.store_sampler import StoreRandomSampler
+    out = str(tmp_path / "s")
+    write_store(products, out, 6, "metis", seed=0, progress=False)
+    rp = RankParts(out, read_meta(out), list(range(6)))
+    mem = PartitionSampler(products.edge_index, products.num_nodes, 7, seed=5, partitioner="random")
+    st = StoreRandomSampler(rp, 7, seed=5)
+    eid_of_local = torch.cat([torch.cat([P.eid, P.cross_eid]) for P in rp.parts])
+    assert len(st) == len(mem) == 7
+    for epoch in (1, 2):
+        for a, b in zip(mem.epoch(epoch), st.epoch(epoch), strict=True):
+            assert torch.equal(rp.global_ids[b.node_ids], a.node_ids)
+            assert torch.equal(b.edge_index, a.edge_index)
+            assert torch.equal(eid_of_local[b.edge_ids], a.edge_ids)
+    # two groups (2 processes, or grad_accum=2): each step's nodes come from its own group's parts only
+    st2 = StoreRandomSampler(rp, 7, seed=5, grad_accum=2)
+    steps = list(st2.epoch(1))
+    assert len(st2) == 8 and len(steps) == 8
+    book = torch.from_numpy(np.load(os.path.join(out, "book.npy"))).long()
+    for i, sub in enumerate(steps):
+        assert (book[rp.global_ids[sub.node_ids]] % 2 == i % 2).all()
+
+
 def test_halo_batch_is_the_full_in_neighbourhood(products, tmp_path):
     out = str(tmp_path / "s")
     write_store(products, out, 5, "metis", halo=1, seed=0, progress=False)
@@ -219,6 +243,14 @@ def test_training_from_the_store_equals_in_memory_cluster_gcn(store, root, tmp_p
     assert st["dataset"] == mem["dataset"] == "synthetic-products"
     assert st["config"]["sampler"]["eval_name"] == "parts" and st["config"]["data"]["partitions"] == store
     assert 0.0 <= st["best_valid"] <= 1.0
+
+
+def test_random_batches_from_the_store_train_like_in_memory(store, root, tmp_path):
+    drop = ("sampler.clusters_per_batch",)
+    extra = [f"data.root={root}", "sampler.name=random", "sampler.num_parts=4", "train.epochs=2"]
+    _train(extra, tmp_path / "mem", drop=drop)
+    _train([*extra, f"data.partitions={store}"], tmp_path / "st", drop=drop)
+    assert _worst(_model(tmp_path / "mem"), _model(tmp_path / "st")) <= 1e-6
 
 
 def test_store_evaluation_scores_the_gathered_predictions(store, root, tmp_path):
