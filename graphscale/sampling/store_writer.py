@@ -91,7 +91,7 @@ def check_out(out: str, overwrite: bool) -> None:
 
 def write_store(data: NodeDataset, out: str, num_parts: int, method: str = "metis", halo: int = 0, seed: int = 0,
                 data_config: dict | None = None, method_options: dict | None = None, overwrite: bool = False,
-                progress: bool = True, part: Tensor | None = None) -> dict:
+                progress: bool = True, part: Tensor | None = None, record_options: dict | None = None) -> dict:
     """Partition ``data`` and write the store folder ``out``.
 
     Args:
@@ -109,6 +109,8 @@ def write_store(data: NodeDataset, out: str, num_parts: int, method: str = "meti
         overwrite: replace an existing store at ``out`` (after the new one is complete).
         progress: tqdm bar over the parts.
         part: a precomputed ``[N]`` assignment instead of calling the partitioner (tests).
+        record_options: how to record options in ``meta.json`` where the value passed is not
+            JSON (``{"vertex_weight": "degree"}`` for a weight tensor).
 
     Returns:
         the ``meta.json`` dict.
@@ -136,8 +138,9 @@ def write_store(data: NodeDataset, out: str, num_parts: int, method: str = "meti
             "num_features": int(data.x.size(1)), "num_outputs": int(data.num_outputs),
             "edge_dim": int(data.edge_attr.size(1)) if data.edge_attr is not None else None,
             "task": data.task, "metric": data.metric, "evaluator": data.evaluator,
-            "method": method, "method_options": {k: (v if isinstance(v, (int, float, str, bool)) or v is None
-                                                     else f"<{type(v).__name__}>") for k, v in opts.items()},
+            "method": method, "method_options": {**{k: (v if isinstance(v, (int, float, str, bool)) or v is None
+                                                        else f"<{type(v).__name__}>") for k, v in opts.items()},
+                                                 **(record_options or {})},
             "num_parts": num_parts, "seed": seed, "halo": halo,
             "split_sizes": {k: int(data.split[k].numel()) for k in SPLITS},
             "x_dtype": str(data.x.dtype).replace("torch.", ""),

@@ -44,7 +44,8 @@ def resolve_store_config(cfg: Config) -> Config:
     * ``sampler.name`` must be ``cluster`` or ``random``; ``full`` / ``neighbor`` need the whole graph;
     * with ``cluster``, ``sampler.num_parts`` / ``sampler.partitioner`` are the store's (explicit
       values must agree); with ``random``, ``num_parts`` is the random parts per epoch, as in memory;
-      ``imbalance`` / ``vertex_weight`` / ``cache_dir`` were fixed when the store was written;
+      ``imbalance`` / ``vertex_weight`` were fixed when the store was written (an explicit value must
+      be the recorded one), ``cache_dir`` does not apply;
     * ``sampler.eval_name`` is ``parts`` (the default with a store); ``full`` / ``random`` / ``metis``
       / ``layerwise`` set explicitly are refused (they need the whole graph);
     * ``train.mode=layerwise`` is refused (it aggregates over the whole graph).
@@ -67,18 +68,20 @@ def resolve_store_config(cfg: Config) -> Config:
                           f"{d.partitions} gives each process only its parts; use sampler.name=cluster or random",
                           key="sampler.name")
     explicit = explicit_keys(cfg)
-    for key in _FIXED_BY_STORE:
-        if f"sampler.{key}" in explicit:
-            raise ConfigError(f"sampler.{key} is set{where(cfg, 'sampler.' + key)} but with data.partitions the "
-                              f"partition is the store's, fixed when it was written; remove it", key=f"sampler.{key}")
+    root = os.path.expanduser(d.partitions)
+    meta = read_meta(root)
+    written = meta.get("method_options", {})
+    for key in _FIXED_BY_STORE:  # accepted only where it states what the store was written with
+        if f"sampler.{key}" in explicit and not (s.name == "cluster" and written.get(key, object()) == getattr(s, key)):
+            raise ConfigError(f"sampler.{key}={getattr(s, key)!r} is set{where(cfg, 'sampler.' + key)} but with "
+                              f"data.partitions the partition is the store's, fixed when it was written (with "
+                              f"{key}={written.get(key, 'not recorded')!r}); remove it", key=f"sampler.{key}")
     if s.eval_name != "parts":
         if "sampler.eval_name" in explicit:
             raise ConfigError(f"sampler.eval_name={s.eval_name}{where(cfg, 'sampler.eval_name')} needs the whole "
                               f"graph, but data.partitions={d.partitions} gives each process only its parts; use "
                               f"sampler.eval_name=parts (each process predicts its own parts)", key="sampler.eval_name")
         s.eval_name = "parts"
-    root = os.path.expanduser(d.partitions)
-    meta = read_meta(root)
     stored = meta["data_config"]
     for key, value in stored.items():
         if key in DATA_KEYS_NOT_IN_STORE or not hasattr(d, key):

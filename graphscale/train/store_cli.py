@@ -84,7 +84,8 @@ def _partition(args) -> int:
             opts["vertex_weight"] = vw
     t1 = time.perf_counter()
     meta = write_store(data, out, parts, method=method, halo=args.halo, seed=seed, data_config=data_cfg,
-                       method_options=opts, overwrite=args.overwrite, progress=not args.no_progress)
+                       method_options=opts, overwrite=args.overwrite, progress=not args.no_progress,
+                       record_options={"vertex_weight": s.vertex_weight} if method == "metis" else None)
     took = time.perf_counter() - t1
     size = sum(f["bytes"] for f in meta["files"].values())
     inner = [q["inner"] for q in meta["parts"]]

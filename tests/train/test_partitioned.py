@@ -430,8 +430,12 @@ def test_store_config_errors(store, root, tmp_path):
         check(cfg("sampler.name=neighbor"))
     with pytest.raises(ConfigError, match=r"sampler.eval_name=full .* needs the whole graph.* sampler.eval_name=parts"):
         check(cfg("sampler.eval_name=full"))
-    with pytest.raises(ConfigError, match=r"sampler.imbalance is set .* fixed when it was written"):
+    with pytest.raises(ConfigError, match=r"sampler.imbalance=0.1 is set .* fixed when it was written \(with "
+                                          r"imbalance=0.03\)"):
         check(cfg("sampler.imbalance=0.1"))
+    check(cfg("sampler.imbalance=0.03", "sampler.vertex_weight=none"))  # what the store was written with
+    with pytest.raises(ConfigError, match=r"sampler.cache_dir='x' is set"):
+        check(cfg("sampler.cache_dir=x"))
     with pytest.raises(ConfigError, match=r"sampler.eval_name=parts .* data.partitions is not set"):
         check(load_config(None, ["sampler.eval_name=parts"]))
     with pytest.raises(ConfigError, match=r"data.store_verify is set .* does not use it"):
