@@ -40,6 +40,36 @@ def _under_a_file(tmp):
     return str(f / "out")
 
 
+def _non_empty(tmp):
+    d = tmp / "full"
+    d.mkdir()
+    (d / "something").write_text("x")
+    return str(d)
+
+
+def _old_store(tmp):
+    d = tmp / "old-store"
+    d.mkdir()
+    (d / "meta.json").write_text('{"format": "graphscale-partitioned-store", "version": 99}')
+    return str(d)
+
+
+def _one_part_store(tmp):
+    """A store's meta.json with one part (the process count is checked before any part is opened)."""
+    import hashlib
+    import json
+    d = tmp / "one-part"
+    d.mkdir()
+    data = {"name": "synthetic-proteins", "num_nodes": 300, "avg_degree": 6, "num_communities": 8}
+    meta = {"format": "graphscale-partitioned-store", "version": 1, "dataset": "synthetic-proteins",
+            "data_config": data, "fingerprint": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "num_nodes": 300, "num_edges": 1800, "num_features": 8, "num_outputs": 112, "edge_dim": 8,
+            "task": "multilabel", "metric": "rocauc", "evaluator": "ogbn-proteins", "method": "metis",
+            "num_parts": 1, "seed": 0, "halo": 0, "parts": [{}], "files": {}, "split_sizes": {}}
+    (d / "meta.json").write_text(json.dumps(meta))
+    return str(d)
+
+
 # (id, setup(tmp) -> argv after "graphscale", text that must appear in stderr)
 CASES = [
     ("override-not-a-number", lambda t: ["train", *TINY, "train.lr=abc"], "'abc'"),
@@ -78,6 +108,28 @@ CASES = [
     ("gntk-out-under-a-file", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--out",
                                          _under_a_file(t) + ".npy"], "a-file"),
     ("gntk-layers-0", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--layers", "0"], "--layers"),
+    # graphscale data partition / data.partitions (issue 19): options and stores checked before training
+    ("partition-parts-0", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "0", "--out",
+                                     str(t / "s")], "--parts 0"),
+    ("partition-bad-method", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2",
+                                        "--method", "metiss", "--out", str(t / "s")], "'metiss'"),
+    ("partition-halo-2", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2", "--halo",
+                                    "2", "--out", str(t / "s")], "--halo 2"),
+    ("partition-out-not-empty", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2",
+                                           "--out", _non_empty(t)], "is not empty; pass --overwrite"),
+    ("partition-parts-over-n", lambda t: ["data", "partition", _yaml(t, "data:\n  name: synthetic-proteins\n"),
+                                          *TINY[:4], f"data.root={t}", "--parts", "100000", "--out", str(t / "s")],
+     "larger than the number of nodes (300)"),
+    ("store-missing", lambda t: ["train", *TINY, "sampler.name=cluster", f"data.partitions={t}/nowhere"],
+     "nowhere' does not exist"),
+    ("store-other-version", lambda t: ["train", *TINY, "sampler.name=cluster", f"data.partitions={_old_store(t)}"],
+     "format version 99"),
+    ("store-fewer-parts-than-processes", lambda t: ["train", *[o for o in TINY if "num_parts" not in o],
+                                                    "sampler.name=cluster",
+                                                    f"data.partitions={_one_part_store(t)}", "--nproc", "2"],
+     "2 processes but the store has only 1 part(s)"),
+    ("store-with-full-sampler", lambda t: ["train", *TINY, "sampler.name=full", f"data.partitions={t}"],
+     "sampler.name=full"),
 ]
 
 

@@ -70,6 +70,9 @@ def _run(args) -> int:
     env = distributed.DistEnv.from_env()
     nproc = _check_nproc(args.nproc, cfg, env)
     api.check(cfg)
+    if cfg.data.partitions:  # a partitioned store: at least one part per process, before launching
+        from graphscale.train.partitioned import check_store_world
+        check_store_world(cfg, max(nproc, env.world_size if env.distributed else 1))
     if nproc > 1 and not env.distributed:  # start the workers: each runs this command without --nproc
         return _launch(nproc, [*([config] if config else []), *overrides, *(["--resume"] if args.resume else [])],
                        cfg.log.out)
