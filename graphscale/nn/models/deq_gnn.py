@@ -18,9 +18,9 @@ class _DEQCell(nn.Module):
     """``f(z, x) = LayerNorm(x + GENBlock(z))``: input injection + one pre-activation GENConv."""
 
     def __init__(self, channels: int, aggr: str, t: float, learn_t: bool, mlp_layers: int, dropout: float,
-                 edge_features: bool):
+                 edge_features: bool, conv: str = "graphscale"):
         super().__init__()
-        self.block = GENBlock(channels, aggr, t, learn_t, mlp_layers, dropout, edge_features)
+        self.block = GENBlock(channels, aggr, t, learn_t, mlp_layers, dropout, edge_features, conv)
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, z: Tensor, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
@@ -39,6 +39,7 @@ class DEQGNN(nn.Module):
             as in :class:`RevGNN`.
         solver, max_iter, tol: the fixed-point solve (forward and adjoint).
         disable: unroll ``max_iter`` steps with plain autograd instead.
+        conv: ``'graphscale'`` (default) or ``'pyg'`` GENConv (same parameters).
 
     The last solve's statistics are on ``model.deq.stats``. Shapes as :class:`RevGNN`.
     """
@@ -46,11 +47,11 @@ class DEQGNN(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, edge_dim: int | None = None,
                  dropout: float = 0.1, aggr: str = "softmax", t: float = 1.0, learn_t: bool = True,
                  mlp_layers: int = 1, solver: str = "anderson", max_iter: int = 30, tol: float = 1e-3,
-                 disable: bool = False):
+                 disable: bool = False, conv: str = "graphscale"):
         super().__init__()
         self.node_encoder = nn.Linear(in_channels, hidden_channels)
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
-        cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None)
+        cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None, conv)
         self.deq = DEQBlock(cell, solver=solver, max_iter=max_iter, tol=tol, disable=disable)
         self.out_norm = nn.LayerNorm(hidden_channels)
         self.out_act = nn.ReLU()  # modules, so that compress_model can swap them (see RevGNN)
