@@ -68,7 +68,7 @@ class _Fused:
 
     fused: bool = True  # False: always PyG's message + aggregate path (for comparisons)
 
-    def _fusable(self, edge_index) -> bool:
+    def _fusable(self, edge_index, kwargs: dict) -> bool:
         if not self.fused or self.explain or self.decomposed_layers > 1:
             return False
         if self.flow != "source_to_target" or self.node_dim not in (-2, 0):
@@ -83,7 +83,7 @@ class _Fused:
         return fused_reduce(self) is not None
 
     def _propagate(self, edge_index, size=None, **kwargs):
-        if not self._fusable(edge_index):
+        if not self._fusable(edge_index, kwargs):
             if isinstance(edge_index, CSR):
                 edge_index, kwargs = self._unfuse_csr(edge_index, kwargs)
             return MessagePassing.propagate(self, edge_index, size, **kwargs)
@@ -209,12 +209,14 @@ class GENConv(_Fused, pyg_nn.GENConv):
     (every option) with the message construction fused into the aggregation:
 
     * ``softmax`` (learnable ``t``): :func:`graphscale.ops.softmax_aggr` (Triton on CUDA);
-    * ``powermean`` (learnable ``p``), ``sum | add | mean | max | min`` with edge features:
-      :func:`graphscale.ops.gen_aggr`; without edge features the message is per node, so these
-      are :func:`graphscale.ops.spmm` on ``relu(x) + eps``.
+    * without edge features the message is a function of the source node, so ``powermean``
+      (learnable ``p``) and ``sum | add | mean | max | min`` are :func:`graphscale.ops.spmm` on
+      ``relu(x) + eps``;
+    * with edge features, ``max | min``: :func:`graphscale.ops.gen_aggr`; ``sum | mean | powermean``
+      take PyG's path (slower fused on CPU, see :attr:`fused_edge_reduces`).
 
-    No ``[E, F]`` message tensor is kept for backward. ``softmax_sg``, per-channel ``t`` / ``p``
-    and other aggregations run PyG's path.
+    A fused path keeps no ``[E, F]`` message tensor for backward. ``softmax_sg``, per-channel
+    ``t`` / ``p`` and other aggregations run PyG's path.
 
     Args:
         in_channels, out_channels, aggr, t, learn_t, p, learn_p, msg_norm, learn_msg_scale, norm,
@@ -226,6 +228,12 @@ class GENConv(_Fused, pyg_nn.GENConv):
     """
 
     propagate = _Fused._propagate
+    # Aggregations fused together with edge features (graphscale.ops.softmax_aggr / gen_aggr). Measured
+    # on the 2-core CPU (2,000 nodes x degree 600, F=16, one layer forward + backward, PyG's time = 1):
+    # softmax 0.67, max 0.75; sum 1.4, mean 1.24, powermean 1.27 -- those three take PyG's path unless
+    # added here (per instance: conv.fused_edge_reduces = {...}; they then keep no [E, F] tensor for
+    # backward, at that cost in time).
+    fused_edge_reduces = frozenset({"softmax", "max", "min"})
 
     def __init__(self, in_channels, out_channels: int, aggr="softmax", t: float = 1.0, learn_t: bool = False,
                  p: float = 1.0, learn_p: bool = False, msg_norm: bool = False, learn_msg_scale: bool = False,
@@ -235,6 +243,11 @@ class GENConv(_Fused, pyg_nn.GENConv):
                          msg_norm=msg_norm, learn_msg_scale=learn_msg_scale, norm=norm, num_layers=num_layers,
                          expansion=expansion, eps=eps, bias=bias, edge_dim=edge_dim, **kwargs)
         self.backend = _check_backend(backend)
+
+    def _fusable(self, edge_index, kwargs: dict) -> bool:
+        if kwargs.get("edge_attr") is not None and fused_reduce(self) not in self.fused_edge_reduces:
+            return False
+        return _Fused._fusable(self, edge_index, kwargs)
 
     def _fused_aggregate(self, edge_index, size, x, edge_attr: Optional[Tensor] = None) -> Tensor:
         x_src, x_dst = _pair(x)

@@ -101,14 +101,21 @@ def test_ties_match_torch_scatter_reduce(reduce, weighted, monkeypatch):
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min", "pmean"])
-def test_gen_aggr_matches_torch(reduce, monkeypatch):
+@pytest.mark.parametrize("values", ["tied", "continuous", "continuous-no-ea-grad"])
+def test_gen_aggr_matches_torch(reduce, values, monkeypatch):
     # GENConv's messages relu(x_j + e) + eps reduced per row, vs the same composed from torch ops
-    # (scatter_reduce, include_self=False; PowerMeanAggregation's inner clamp and power).
+    # (scatter_reduce, include_self=False; PowerMeanAggregation's inner clamp and power). max / min
+    # take their arg path on row blocks without ties and recompute the blocks with ties: rounded
+    # values tie in most blocks, continuous ones in none (x has a hub source so the blocks mix).
     g = torch.Generator().manual_seed(4)
     n, f = 13, 5
     ei = torch.randint(0, n - 1, (2, 70), generator=g)
-    x = torch.randn(n, f, dtype=torch.float64, generator=g).round(decimals=1).requires_grad_()
-    ea = torch.randn(ei.size(1), f, dtype=torch.float64, generator=g).round(decimals=1).requires_grad_()
+    x = torch.randn(n, f, dtype=torch.float64, generator=g)
+    ea = torch.randn(ei.size(1), f, dtype=torch.float64, generator=g)
+    if values == "tied":
+        x, ea = x.round(decimals=1), ea.round(decimals=1)
+    x = x.requires_grad_()
+    ea = ea.requires_grad_(values != "continuous-no-ea-grad")
     p = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
     m = (x[ei[0]] + ea).relu() + 1e-7
     if reduce == "pmean":
@@ -117,7 +124,8 @@ def test_gen_aggr_matches_torch(reduce, monkeypatch):
     want = torch.zeros(n, f, dtype=torch.float64).scatter_reduce(0, ei[1][:, None].expand(-1, f), m, how,
                                                                   include_self=False)
     go = torch.randn(n, f, dtype=torch.float64, generator=g)
-    inputs = (x, ea, p) if reduce == "pmean" else (x, ea)
+    inputs = (x, ea) if ea.requires_grad else (x,)
+    inputs = inputs + (p,) if reduce == "pmean" else inputs
     g_want = torch.autograd.grad(want, inputs, go)
     for block in (reference._BLOCK_ELEMS, 11):
         monkeypatch.setattr(reference, "_BLOCK_ELEMS", block)
