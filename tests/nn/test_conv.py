@@ -19,6 +19,12 @@ TOL = dict(rtol=1e-9, atol=1e-10)
 FUSED_FNS = {"SpMMSumMeanBackward", "SpMMMaxMinBackward", "SoftmaxAggrBackward", "GenAggrBackward"}
 
 
+@pytest.fixture(autouse=True)
+def _fuse_small_graphs(monkeypatch):
+    # the test graphs are tiny (degree ~4): fuse GENConv anyway (the degree rule has its own test)
+    monkeypatch.setattr(GENConv, "fuse_min_degree", 0.0)
+
+
 def _graph(n=13, e=50, seed=0, n_src=None):
     g = torch.Generator().manual_seed(seed)
     n_src = n if n_src is None else n_src
@@ -203,3 +209,13 @@ def test_bad_backend_is_a_config_error():
         SAGEConv(4, 4, backend="cuda-magic")
     with pytest.raises(ConfigError, match="'nope'"):
         GENConv(4, 4, backend="nope")
+
+
+def test_gen_low_degree_takes_pyg_path(monkeypatch):
+    monkeypatch.setattr(GENConv, "fuse_min_degree", 20.0)  # the default
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    for e, fused in ((199, False), (200, True)):  # average in-degree 19.9 / 20
+        ei = torch.randint(0, 10, (2, e), generator=g)
+        ours, ref = GENConv(4, 4, aggr="max").double(), pygnn.GENConv(4, 4, aggr="max").double()
+        _check(ours, ref, lambda m: m(x, ei), [x], fused)

@@ -10,6 +10,13 @@ from graphscale.errors import ConfigError
 from graphscale.nn.models import DEQGNN, DeeperGCN, RevGNN
 
 
+@pytest.fixture(autouse=True)
+def _fuse_small_graphs(monkeypatch):
+    # the test graph is tiny (degree ~5): fuse GENConv anyway (tests/nn/test_conv.py tests the rule)
+    from graphscale.nn import GENConv
+    monkeypatch.setattr(GENConv, "fuse_min_degree", 0.0)
+
+
 def _count_ops(monkeypatch) -> dict:
     # reversible / DEQ blocks hide their inner autograd graph, so count the graphscale.ops calls instead
     import graphscale.ops as ops
