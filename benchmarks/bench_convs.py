@@ -52,8 +52,10 @@ CONVS = ("graphscale", "pyg")
 def graph_overrides(graph: str, recipe: str, args) -> list[str]:
     if graph == "quickstart":
         return []
-    o = [f"data.num_nodes={args.hd_nodes}", f"data.avg_degree={args.hd_degree}", "data.num_communities=10",
-         "sampler.num_parts=1"]
+    # p_intra=0.1: most edges between communities, else the intra-community pairs run out and the
+    # generator's duplicates collapse (1,000 nodes, 10 communities, p_intra 0.8 at degree 600 gave 215)
+    o = [f"data.num_nodes={args.hd_nodes}", f"data.avg_degree={args.hd_degree}", "data.num_communities=8",
+         "data.p_intra=0.1", "sampler.num_parts=1"]
     if recipe in ("revgnn", "wt-revgnn"):
         o += [f"model.num_layers={args.hd_layers}", "sampler.eval_parts=1"]
     if recipe == "deq-gnn":
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", default=",".join(GRAPHS), help=f"comma-separated subset of {', '.join(GRAPHS)}")
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of {', '.join(RECIPES)}")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per conv after one warm-up epoch (default 3)")
-    p.add_argument("--hd-nodes", type=int, default=1000, help="high-degree graph: number of nodes (default 1000)")
+    p.add_argument("--hd-nodes", type=int, default=2000, help="high-degree graph: number of nodes (default 2000)")
     p.add_argument("--hd-degree", type=float, default=600.0, help="high-degree graph: average degree (default 600)")
     p.add_argument("--hd-layers", type=int, default=4, help="high-degree graph: revgnn / wt-revgnn blocks (default 4)")
     p.add_argument("--hd-deq-iter", type=int, default=5, help="high-degree graph: deq-gnn solver iterations (default 5)")

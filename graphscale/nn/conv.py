@@ -34,7 +34,7 @@ from graphscale import ops
 from graphscale.errors import ConfigError
 from graphscale.ops import CSR
 
-__all__ = ["GCNConv", "SAGEConv", "GENConv", "fused_reduce"]
+__all__ = ["GCNConv", "SAGEConv", "GENConv", "fused_reduce", "layer_graph"]
 
 # Built-in aggregation modules with a fused op, by exact type (a subclass may change the semantics).
 _SIMPLE = {SumAggregation: "sum", MeanAggregation: "mean", MaxAggregation: "max", MinAggregation: "min"}
@@ -298,3 +298,28 @@ class GENConv(_Fused, pyg_nn.GENConv):
             inner = ops.gen_aggr(adj, x, edge_attr, "pmean", eps=self.eps, p=p, clamp=(lo, hi),
                                  backend=self.backend)
         return inner.clamp(lo, hi).pow(1.0 / p)
+
+
+def layer_graph(edge_index, num_nodes: int, edge_attr: Optional[Tensor] = None,
+                min_degree: Optional[float] = None):
+    """``(graph, edge_attr)`` to hand to every layer of a model built from graphscale convs.
+
+    When the graph is dense enough for the fused path (average in-degree ``>= min_degree``) this is
+    a :class:`~graphscale.ops.CSR` whose edges are in CSR order and ``edge_attr [E, D]`` permuted into
+    that order **once**: the layers then read edge features in place instead of each permuting its
+    own ``[E, F]`` copy (``CSR.edge_order``). Otherwise (or for a non-``edge_index`` input) the inputs
+    come back unchanged, and the layers take PyG's path. ``min_degree`` defaults to
+    :attr:`GENConv.fuse_min_degree`.
+    """
+    min_degree = GENConv.fuse_min_degree if min_degree is None else min_degree
+    if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided or \
+            edge_index.size(1) < min_degree * max(1, num_nodes):
+        return edge_index, edge_attr
+    adj = _as_csr_compiled(edge_index, num_nodes)
+    view = adj.cached("layer_graph", lambda: CSR(adj.rowptr, adj.col, adj.num_cols, validate=False))
+    return view, adj.edge_order(edge_attr)
+
+
+@torch.compiler.disable  # data-dependent sort (see _Fused._adj)
+def _as_csr_compiled(edge_index: Tensor, num_nodes: int) -> CSR:
+    return ops.as_csr(edge_index, num_nodes)

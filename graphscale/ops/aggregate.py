@@ -83,7 +83,7 @@ def _check_edge(adj: CSR, name: str, v: Tensor | None, x: Tensor, dim: int) -> T
         raise ValueError(f"{name} must have shape {list(want)} (one row per edge, CSR order), got {list(v.shape)}")
     if v.device != x.device:
         raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
-    return v.contiguous()
+    return v  # not made contiguous here: the reference reads row slices of a strided view as well
 
 
 def spmm(adj: CSR, x: Tensor, reduce: str = "sum", edge_weight: Tensor | None = None, *,
@@ -123,7 +123,7 @@ def spmm(adj: CSR, x: Tensor, reduce: str = "sum", edge_weight: Tensor | None = 
         use_triton = False  # the reference runs on CUDA tensors too
     if use_triton:
         from graphscale.ops import triton_ops
-        return triton_ops.spmm(adj, x, reduce, w)
+        return triton_ops.spmm(adj, x, reduce, None if w is None else w.contiguous())
     return reference.spmm(adj, x, reduce, w, ties)
 
 
@@ -160,7 +160,7 @@ def softmax_aggr(adj: CSR, x: Tensor, t: Tensor | float = 1.0, edge_attr: Tensor
         t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
     if resolve_backend(backend, x.device) == "triton":
         from graphscale.ops import triton_ops
-        return triton_ops.softmax_aggr(adj, x, t, ea, relu, float(eps))
+        return triton_ops.softmax_aggr(adj, x, t, None if ea is None else ea.contiguous(), relu, float(eps))
     return reference.softmax_aggr(adj, x, t, ea, relu, float(eps))
 
 

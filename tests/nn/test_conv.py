@@ -11,7 +11,7 @@ from torch_geometric.nn.aggr import MaxAggregation
 
 from graphscale.errors import ConfigError
 from graphscale.nn import GCNConv, GENConv, SAGEConv
-from graphscale.nn.conv import fused_reduce
+from graphscale.nn.conv import fused_reduce, layer_graph
 from graphscale.ops import CSR
 
 # float64 throughout: differences are then summation order only.
@@ -219,3 +219,20 @@ def test_gen_low_degree_takes_pyg_path(monkeypatch):
         ei = torch.randint(0, 10, (2, e), generator=g)
         ours, ref = GENConv(4, 4, aggr="max").double(), pygnn.GENConv(4, 4, aggr="max").double()
         _check(ours, ref, lambda m: m(x, ei), [x], fused)
+
+
+def test_layer_graph_permutes_edge_features_once():
+    g = torch.Generator().manual_seed(9)
+    ei = torch.randint(0, 10, (2, 200), generator=g)
+    ea = torch.randn(200, 3, dtype=torch.float64, generator=g)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    adj, ea_csr = layer_graph(ei, 10, ea, min_degree=20)
+    assert isinstance(adj, CSR) and adj.perm is None
+    assert layer_graph(ei, 10, ea, min_degree=20)[0] is adj  # cached while ei lives
+    torch.testing.assert_close(ea_csr, ea[CSR.from_edge_index(ei, 10).perm])
+    ref = pygnn.GENConv(3, 3, aggr="max").double().eval()
+    ours = GENConv(3, 3, aggr="max").double().eval()
+    ours.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(ours(x, adj, ea_csr), ref(x, ei, ea), **TOL)
+    same = layer_graph(ei, 10, ea, min_degree=21)  # average degree 20 < 21: unchanged
+    assert same[0] is ei and same[1] is ea

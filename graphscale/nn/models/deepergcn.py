@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import DeepGCNLayer
 
 from graphscale.errors import ConfigError
+from graphscale.nn.conv import layer_graph
 from graphscale.nn.models.revgnn import gen_conv_class
 
 
@@ -51,6 +52,7 @@ class DeeperGCN(nn.Module):
                  block: str = "res+", conv: str = "graphscale"):
         super().__init__()
         gen_cls = gen_conv_class(conv)
+        self.conv_name = conv
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
         self.dropout = dropout
@@ -67,6 +69,8 @@ class DeeperGCN(nn.Module):
         self.lin = nn.Linear(hidden_channels, out_channels)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv_name == "graphscale":  # one CSR (and one edge-feature permutation) for every layer
+            edge_index, edge_attr = layer_graph(edge_index, x.size(0), edge_attr)
         x = self.node_encoder(x)
         e = self.edge_encoder(edge_attr) if (self.edge_encoder is not None and edge_attr is not None) else None
         x = self.layers[0].conv(x, edge_index, e)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from graphscale.nn.conv import layer_graph
 from graphscale.nn.deq import DEQBlock
 from graphscale.nn.models.revgnn import GENBlock
 
@@ -51,6 +52,7 @@ class DEQGNN(nn.Module):
         super().__init__()
         self.node_encoder = nn.Linear(in_channels, hidden_channels)
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
+        self.conv_name = conv
         cell = _DEQCell(hidden_channels, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None, conv)
         self.deq = DEQBlock(cell, solver=solver, max_iter=max_iter, tol=tol, disable=disable)
         self.out_norm = nn.LayerNorm(hidden_channels)
@@ -69,6 +71,8 @@ class DEQGNN(nn.Module):
         return self.deq.stats
 
     def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv_name == "graphscale":  # one CSR (and one edge-feature permutation) for every solver step
+            edge_index, edge_attr = layer_graph(edge_index, x.size(0), edge_attr)
         h = self.node_encoder(x)
         if self.edge_encoder is not None and edge_attr is not None:
             z = self.deq(h, edge_index, self.edge_encoder(edge_attr))

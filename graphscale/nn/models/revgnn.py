@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import torch_geometric.nn as pyg_nn
 
 from graphscale.errors import ConfigError
-from graphscale.nn.conv import GENConv
+from graphscale.nn.conv import GENConv, layer_graph
 from graphscale.nn.reversible import GroupRevBlock, RevStack
 from graphscale.nn.weight_tied import WeightTiedReversible
 
@@ -96,6 +96,7 @@ class RevGNN(nn.Module):
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
         width = hidden_channels // num_groups
         gen_conv_class(conv)  # a bad name fails here, before any block is built
+        self.conv_name = conv
 
         def block() -> GroupRevBlock:
             return GroupRevBlock(GENBlock(width, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None, conv),
@@ -117,6 +118,8 @@ class RevGNN(nn.Module):
         return self.out_drop.p
 
     def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv_name == "graphscale":  # one CSR (and one edge-feature permutation) for every block
+            edge_index, edge_attr = layer_graph(edge_index, x.size(0), edge_attr)
         h = self.node_encoder(x)
         if self.edge_encoder is not None and edge_attr is not None:
             h = self.blocks(h, edge_index, self.edge_encoder(edge_attr))
