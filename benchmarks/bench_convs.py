@@ -20,7 +20,7 @@ Graphs:
     python benchmarks/bench_convs.py                       # both graphs, all four recipes
     python benchmarks/bench_convs.py --graphs quickstart --recipes deepergcn --repeats 2
 
-Writes ``convs_cpu.{csv,json}`` (one row per graph, recipe and conv; ratio = graphscale / pyg median
+Writes ``convs_cpu.{csv,json}`` (``convs_cpu_TAG`` with ``--tag TAG``; one row per graph, recipe and conv; ratio = graphscale / pyg median
 epoch seconds) through graphscale.bench.output.
 """
 from __future__ import annotations
@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default="data", help="folder for the synthetic data sets (default data)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--note", default="", help="free text stored with the results")
+    p.add_argument("--tag", default="", help="suffix of the result file name: convs_cpu_TAG (default: convs_cpu)")
     add_output_args(p, NAME)
     args = p.parse_args(argv)
     try:
@@ -135,15 +136,16 @@ def main(argv=None) -> int:
             raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
         if args.threads:
             torch.set_num_threads(args.threads)
+        stem = f"convs_cpu_{args.tag}" if args.tag else "convs_cpu"
         writer = ResultWriter.from_args(args, NAME, "cpu")
-        writer.check("convs_cpu")
+        writer.check(stem)
         rows: list[dict] = []
         with tempfile.TemporaryDirectory(prefix="bench-convs-") as work:
             for graph in graphs:
                 for recipe in recipes:
                     rows += measure(graph, recipe, args, work)
                     # rewritten after every recipe (the writer allows its own files): a killed run keeps its rows
-                    writer.write_table("convs_cpu", rows, {"note": args.note, "repeats": args.repeats},
+                    writer.write_table(stem, rows, {"note": args.note, "repeats": args.repeats},
                                        csv_exclude=("all_s",))
         print(f"wrote {', '.join(writer.written[-2:])}")
         return 0
