@@ -86,7 +86,23 @@ class _Fused:
         if not self._fusable(edge_index, kwargs):
             if isinstance(edge_index, CSR):
                 edge_index, kwargs = self._unfuse_csr(edge_index, kwargs)
-            return MessagePassing.propagate(self, edge_index, size, **kwargs)
+            if self.explain or self.decomposed_layers > 1:  # as PyG: the generic propagate
+                return MessagePassing.propagate(self, edge_index, size, **kwargs)
+            return self._pyg_propagate(edge_index, size, **kwargs)
+        return self._fused_propagate(edge_index, size, kwargs)
+
+    def _pyg_propagate(self, edge_index, size=None, **kwargs):
+        """PyG's class's own ``propagate``: the one PyG generates from its template for that class
+        (faster per call than the generic ``MessagePassing.propagate``), made on first use."""
+        pyg_cls = self._PYG
+        if "_jinja_propagate" not in pyg_cls.__dict__:
+            # PyG generates it when the first instance of its class is built: build a tiny one (its
+            # random initialisation must not move the caller's random stream)
+            with torch.random.fork_rng(devices=[]):
+                pyg_cls(1, 1)
+        return pyg_cls.propagate(self, edge_index, size=size, **kwargs)
+
+    def _fused_propagate(self, edge_index, size, kwargs):
         for hook in self._propagate_forward_pre_hooks.values():
             res = hook(self, (edge_index, size, kwargs))
             if res is not None:
@@ -151,6 +167,7 @@ class GCNConv(_Fused, pyg_nn.GCNConv):
     """
 
     propagate = _Fused._propagate
+    _PYG = pyg_nn.GCNConv
 
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False, cached: bool = False,
                  add_self_loops: Optional[bool] = None, normalize: bool = True, bias: bool = True,
@@ -189,6 +206,7 @@ class SAGEConv(_Fused, pyg_nn.SAGEConv):
     """
 
     propagate = _Fused._propagate
+    _PYG = pyg_nn.SAGEConv
 
     def __init__(self, in_channels, out_channels: int, aggr="mean", normalize: bool = False,
                  root_weight: bool = True, project: bool = False, bias: bool = True,
@@ -230,6 +248,7 @@ class GENConv(_Fused, pyg_nn.GENConv):
     """
 
     propagate = _Fused._propagate
+    _PYG = pyg_nn.GENConv
     # Aggregations fused together with edge features (graphscale.ops.softmax_aggr / gen_aggr). Measured
     # on the 2-core CPU (2,000 nodes x degree 600, F=16, one layer forward + backward, PyG's time = 1):
     # softmax 0.67, max 0.75; sum 1.4, mean 1.24, powermean 1.27 -- those three take PyG's path unless
