@@ -4,7 +4,8 @@ Each class **is** the PyG class of the same name (a subclass, so a ``MessagePass
 constructor options with PyG's semantics, same parameters (``state_dict`` loads both ways), same
 ``forward``. Only :meth:`propagate` differs: where the aggregation has a fused graphscale op it runs
 ``message`` + ``aggregate`` as one op over a CSR (no ``[E, F]`` message tensor saved for backward,
-Triton on CUDA where a kernel exists), and otherwise it is PyG's own ``MessagePassing.propagate``:
+Triton on CUDA where a kernel exists), and otherwise it is PyG's own (the ``propagate`` PyG generates
+for its class, or ``MessagePassing.propagate`` under ``explain`` / ``decomposed_layers > 1``, as PyG does):
 
 * explainers (``conv.explain = True``, edge masks), message / aggregate hooks, ``decomposed_layers > 1``,
   ``flow='target_to_source'``, PyG ``EdgeIndex`` / ``SparseTensor`` inputs, ``fused=False``, and
