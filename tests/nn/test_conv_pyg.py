@@ -201,3 +201,21 @@ def test_tied_max_gradients_equal_pyg_sage(aggr, monkeypatch):
         assert "SpMMMaxMinBackward" in _names(out)
         (got,) = torch.autograd.grad(out, x, go)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_hooks_on_the_fused_path_and_message_hooks_unfuse():
+    g = torch.Generator().manual_seed(12)
+    x, ei = torch.randn(10, 4, generator=g, requires_grad=True), torch.randint(0, 10, (2, 40), generator=g)
+    conv = SAGEConv(4, 3, aggr="max")
+    seen = []
+    h1 = conv.register_propagate_forward_pre_hook(lambda m, inputs: seen.append("pre") or None)
+    h2 = conv.register_propagate_forward_hook(lambda m, inputs, out: out * 2)  # a hook may replace the output
+    doubled = conv.propagate(ei, x=(x, x))
+    assert seen == ["pre"] and "SpMMMaxMinBackward" in _names(doubled)
+    h2.remove()
+    torch.testing.assert_close(doubled, 2 * conv.propagate(ei, x=(x, x)))
+    h1.remove()
+    msgs = []
+    conv.register_message_forward_hook(lambda m, inputs, out: msgs.append(out.shape))
+    out = conv(x, ei)  # a message hook needs per-edge messages: PyG's path
+    assert msgs == [(40, 4)] and "SpMMMaxMinBackward" not in _names(out)
