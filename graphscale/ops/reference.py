@@ -128,8 +128,9 @@ _BLOCK_ELEMS = 1 << 21
 
 def _source_sum(adj: CSR, gm: Tensor) -> Tensor:
     """``[N_src, F]``: per source node, the sum of the ``[E, F]`` per-edge rows ``gm`` (CSR order).
-    A CSR product over the transposed structure (rows = sources, columns = edge positions): measured
-    ~8x faster than ``index_add_`` over ``col`` on the 2-core machine (1.2M edges, F=16)."""
+    A CSR product over the transposed structure (rows = sources, columns = edge positions). Measured
+    on the 2-core machine (torch profiler, GENConv max backward, 1.2M edges, F=16): ``index_add_`` over
+    ``col`` 2.3 s, this product below the 0.13 s of the smallest listed op after the switch."""
     at = adj.t()
     if gm.device.type == "cpu":
         with warnings.catch_warnings():
