@@ -169,7 +169,7 @@ def op_impls(ei: torch.Tensor, n: int, device: torch.device, reduce: str, max_ga
     fits = adj.num_edges * num_f <= max_gather  # gathered [E, F] messages: skip when too large
     if device.type == "cuda":
         if _features.WITH_TRITON:
-            impls = {"graphscale-triton": (lambda x: spmm(adj, x, reduce, backend="triton"), True)}
+            impls = {"graphscale-triton": (lambda x: spmm(adj, x, reduce, backend="triton", ties="first"), True)}
         else:
             impls = {}
         if fits:  # the reference gathers [E, F] messages on CUDA

@@ -79,6 +79,7 @@ CASES = [
     ("empty-yaml", lambda t: ["train", _yaml(t, "")], "holds no settings"),
     ("misspelt-key", lambda t: ["train", *TINY, "model.num_layer=3"], "did you mean 'num_layers'"),
     ("unused-key", lambda t: ["train", *TINY, "model.name=deq-gnn"], "model.num_layers is set"),
+    ("model-conv-unknown", lambda t: ["train", *TINY, "model.name=revgnn", "model.conv=dgl"], "'dgl'"),
     ("nproc-0", lambda t: ["train", *TINY, "--nproc", "0"], "--nproc 0"),
     ("nproc-negative", lambda t: ["train", *TINY, "--nproc", "-1"], "--nproc -1"),
     ("cuda-without-cuda", lambda t: ["train", *TINY, "train.device=cuda"], "train.device='cuda'"),

@@ -1,251 +1,345 @@
-"""Graph convolutions that aggregate through :mod:`graphscale.ops` (so the device's fastest backend,
-and later activation compression of the aggregation, apply to them).
+"""PyG's ``GCNConv``, ``SAGEConv`` and ``GENConv`` with message passing fused through :mod:`graphscale.ops`.
 
-They follow PyG's ``MessagePassing`` input conventions -- ``x`` (or a ``(x_src, x_dst)`` pair),
-``edge_index [2, E]`` or a ``torch.sparse`` ``adj_t`` or a :class:`graphscale.ops.CSR`, edge
-weights / features in ``edge_index`` order -- and their parameters have the same names and shapes
-as the PyG convolution of the same name, so ``ours.load_state_dict(pyg_conv.state_dict())`` gives
-the same function (tests check outputs and gradients).
+Each class **is** the PyG class of the same name (a subclass, so a ``MessagePassing``): same
+constructor options with PyG's semantics, same parameters (``state_dict`` loads both ways), same
+``forward``. Only :meth:`propagate` differs: where the aggregation has a fused graphscale op it runs
+``message`` + ``aggregate`` as one op over a CSR (no ``[E, F]`` message tensor saved for backward,
+Triton on CUDA where a kernel exists), and otherwise it is PyG's own (the ``propagate`` PyG generates
+for its class, or ``MessagePassing.propagate`` under ``explain`` / ``decomposed_layers > 1``, as PyG does):
 
-An ``edge_index`` is turned into a CSR once and reused while the tensor is unchanged
-(:func:`graphscale.ops.as_csr`), so a stack of layers sorts the edges once per forward.
+* explainers (``conv.explain = True``, edge masks), message / aggregate hooks, ``decomposed_layers > 1``,
+  ``flow='target_to_source'``, PyG ``EdgeIndex`` / ``SparseTensor`` inputs, ``fused=False``, and
+  aggregations without a fused op (lists, ``Aggregation`` objects other than the built-in ones,
+  ``'std'``, ``'lstm'``, ``softmax_sg`` ...) take PyG's path, exactly as PyG would compute them;
+* propagate hooks and message-and-aggregate hooks run on the fused path too, as in PyG's own fused
+  (sparse-input) path.
+
+Inputs: what PyG takes (``x`` or ``(x_src, x_dst)``, ``edge_index [2, E]``, a ``torch.sparse`` ``adj_t``)
+and a :class:`graphscale.ops.CSR`. An ``edge_index`` is turned into a CSR once and reused while the
+tensor is unchanged (:func:`graphscale.ops.as_csr`), so a stack of layers sorts the edges once.
+Per-edge values (``edge_weight``, ``edge_attr``) are in ``edge_index`` order, as in PyG.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.nn.conv.gen_conv import MLP
-from torch_geometric.nn.dense.linear import Linear
-from torch_geometric.nn.norm import MessageNorm
+import torch_geometric.nn as pyg_nn
+from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.aggr import (MaxAggregation, MeanAggregation, MinAggregation, PowerMeanAggregation,
+                                     SoftmaxAggregation, SumAggregation)
 
 from graphscale import ops
 from graphscale.errors import ConfigError
 from graphscale.ops import CSR
 
-__all__ = ["GCNConv", "SAGEConv", "GENConv"]
+__all__ = ["GCNConv", "SAGEConv", "GENConv", "fused_reduce", "layer_graph"]
 
-PairTensor = Tuple[Tensor, Optional[Tensor]]
+# Built-in aggregation modules with a fused op, by exact type (a subclass may change the semantics).
+_SIMPLE = {SumAggregation: "sum", MeanAggregation: "mean", MaxAggregation: "max", MinAggregation: "min"}
 
 
-def _pair(x: Union[Tensor, PairTensor]) -> PairTensor:
+def fused_reduce(conv: MessagePassing) -> Optional[str]:
+    """The graphscale reduce that ``conv``'s aggregation fuses to (``'sum' | 'mean' | 'max' | 'min' |
+    'softmax' | 'pmean'``), or ``None`` when it runs PyG's generic message + aggregate path."""
+    m = getattr(conv, "aggr_module", None)
+    if type(m) in _SIMPLE:
+        return _SIMPLE[type(m)]
+    if type(m) is SoftmaxAggregation and m.channels == 1 and not m.semi_grad:
+        return "softmax"
+    if type(m) is PowerMeanAggregation and m.channels == 1:
+        return "pmean"
+    return None
+
+
+def _check_backend(backend: Optional[str]) -> Optional[str]:
+    if backend is not None and str(backend).lower() not in ops.BACKENDS:
+        raise ConfigError(f"unknown aggregation backend {backend!r}; expected one of {', '.join(ops.BACKENDS)}")
+    return backend
+
+
+class _Fused:
+    """``propagate`` with a fused path; mixed into each PyG conv subclass below.
+
+    ``propagate`` is assigned in each class body (not only inherited from here): PyG compiles a
+    class's ``propagate`` from a template unless the class defines its own, which it then keeps.
+    """
+
+    fused: bool = True  # False: always PyG's message + aggregate path (for comparisons)
+
+    def _fusable(self, edge_index, kwargs: dict) -> bool:
+        if not self.fused or self.explain or self.decomposed_layers > 1:
+            return False
+        if self.flow != "source_to_target" or self.node_dim not in (-2, 0):
+            return False
+        if (self._message_forward_pre_hooks or self._message_forward_hooks
+                or self._aggregate_forward_pre_hooks or self._aggregate_forward_hooks):
+            return False  # hooks that must see per-edge messages
+        if isinstance(edge_index, CSR):
+            return True
+        if not isinstance(edge_index, Tensor) or isinstance(edge_index, EdgeIndex):
+            return False
+        return fused_reduce(self) is not None
+
+    def _propagate(self, edge_index, size=None, **kwargs):
+        if not self._fusable(edge_index, kwargs):
+            if isinstance(edge_index, CSR):
+                edge_index, kwargs = self._unfuse_csr(edge_index, kwargs)
+            if self.explain or self.decomposed_layers > 1:  # as PyG: the generic propagate
+                return MessagePassing.propagate(self, edge_index, size, **kwargs)
+            return self._pyg_propagate(edge_index, size, **kwargs)
+        return self._fused_propagate(edge_index, size, kwargs)
+
+    def _pyg_propagate(self, edge_index, size=None, **kwargs):
+        """PyG's class's own ``propagate``: the one PyG generates from its template for that class
+        (faster per call than the generic ``MessagePassing.propagate``), made on first use."""
+        pyg_cls = self._PYG
+        if "_jinja_propagate" not in pyg_cls.__dict__:
+            # PyG generates it when the first instance of its class is built: build a tiny one (its
+            # random initialisation must not move the caller's random stream)
+            with torch.random.fork_rng(devices=[]):
+                pyg_cls(1, 1)
+        return pyg_cls.propagate(self, edge_index, size=size, **kwargs)
+
+    def _fused_propagate(self, edge_index, size, kwargs):
+        for hook in self._propagate_forward_pre_hooks.values():
+            res = hook(self, (edge_index, size, kwargs))
+            if res is not None:
+                edge_index, size, kwargs = res
+        for hook in self._message_and_aggregate_forward_pre_hooks.values():
+            res = hook(self, (edge_index, kwargs))
+            if res is not None:
+                edge_index, kwargs = res
+        out = self._fused_aggregate(edge_index, size, **kwargs)
+        for hook in self._message_and_aggregate_forward_hooks.values():
+            res = hook(self, (edge_index, kwargs), out)
+            if res is not None:
+                out = res
+        out = self.update(out)
+        for hook in self._propagate_forward_hooks.values():
+            res = hook(self, (edge_index, size, kwargs), out)
+            if res is not None:
+                out = res
+        return out
+
+    @torch.compiler.disable  # sorting edges into a CSR (and its cache) is data-dependent: a graph break
+    def _adj(self, edge_index, x_src: Tensor, x_dst: Optional[Tensor], size) -> CSR:
+        if isinstance(edge_index, CSR):
+            return edge_index
+        if edge_index.layout != torch.strided:
+            return ops.as_csr(edge_index)
+        n_src = x_src.size(0) if size is None or size[0] is None else int(size[0])
+        if size is not None and size[1] is not None:
+            n_dst = int(size[1])
+        else:
+            n_dst = x_dst.size(0) if x_dst is not None else n_src
+        return ops.as_csr(edge_index, (n_src, n_dst))
+
+    def _unfuse_csr(self, adj: CSR, kwargs: dict):
+        # PyG's path needs an edge_index: the CSR's edges in CSR order, per-edge values reordered.
+        kwargs = dict(kwargs)
+        for key in ("edge_weight", "edge_attr"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = adj.edge_order(kwargs[key])
+        if "edge_weight" in kwargs and kwargs["edge_weight"] is None and adj.value is not None:
+            kwargs["edge_weight"] = adj.value
+        return torch.stack([adj.col, adj.row]), kwargs
+
+
+def _pair(x):
     return (x, x) if isinstance(x, Tensor) else x
 
 
-def _adj(edge_index, x_src: Tensor, x_dst: Optional[Tensor], size=None) -> CSR:
-    if isinstance(edge_index, Tensor) and edge_index.layout == torch.strided:
-        if size is None:
-            size = (x_src.size(0), (x_dst if x_dst is not None else x_src).size(0))
-        return ops.as_csr(edge_index, tuple(size))
-    return ops.as_csr(edge_index)
-
-
-def _to_edge_list(adj, edge_weight: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-    """``(edge_index, edge_weight)`` of any accepted adjacency (weights in that edge_index order)."""
-    if isinstance(adj, Tensor) and adj.layout == torch.strided:
-        return adj, edge_weight
-    if edge_weight is not None:
-        raise ValueError("edge_weight goes with an edge_index; a sparse adjacency / CSR carries its values")
-    csr = ops.as_csr(adj)
-    return torch.stack([csr.col, csr.row]), csr.value
-
-
-class GCNConv(nn.Module):
-    """Graph convolution of Kipf & Welling (ICLR 2017), ``X' = D^-1/2 (A + I) D^-1/2 X W + b``.
-
-    Same arguments, parameters (``lin.weight``, ``bias``) and normalisation (PyG's ``gcn_norm``) as
-    :class:`torch_geometric.nn.GCNConv`; the propagation is :func:`graphscale.ops.spmm`.
+class GCNConv(_Fused, pyg_nn.GCNConv):
+    """Graph convolution of Kipf & Welling (ICLR 2017), ``X' = D^-1/2 (A + I) D^-1/2 X W + b``:
+    :class:`torch_geometric.nn.GCNConv` (every option, PyG's normalisation ``gcn_norm``) whose
+    propagation is :func:`graphscale.ops.spmm` for ``aggr`` in ``add | sum | mean | max | min``.
 
     Args:
-        in_channels, out_channels: ``F_in``, ``F_out``.
-        improved: self-loop weight 2 instead of 1.
-        cached: normalise once and reuse (transductive training on one graph).
-        add_self_loops, normalize, bias: as in PyG. With ``normalize=False`` the given weights are
-            used as they are (pass a pre-normalised :class:`~graphscale.ops.CSR` to skip all per-call work).
+        in_channels, out_channels, improved, cached, add_self_loops, normalize, bias, ``**kwargs``
+            (``aggr``, ``flow``, ``node_dim``, ``decomposed_layers``): as in PyG.
         backend: aggregation backend (``None`` = ``GRAPHSCALE_BACKEND`` / auto).
 
-    Shapes: ``x [N, F_in]``, ``edge_index [2, E]`` (or ``adj_t`` / CSR), ``edge_weight [E]`` -> ``[N, F_out]``.
+    Shapes: ``x [N, F_in]``, ``edge_index [2, E]`` (or ``adj_t`` / :class:`~graphscale.ops.CSR`),
+    ``edge_weight [E]`` -> ``[N, F_out]``. A CSR with ``normalize=False`` is propagated as it is
+    (pre-normalised weights in ``CSR.value``: no per-call work at all).
     """
 
+    propagate = _Fused._propagate
+    _PYG = pyg_nn.GCNConv
+
     def __init__(self, in_channels: int, out_channels: int, improved: bool = False, cached: bool = False,
-                 add_self_loops: bool = True, normalize: bool = True, bias: bool = True,
-                 backend: Optional[str] = None):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.improved, self.cached, self.add_self_loops, self.normalize = improved, cached, add_self_loops, normalize
-        self.backend = backend
-        self.lin = Linear(in_channels, out_channels, bias=False, weight_initializer="glorot")
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self._cached_adj: Optional[CSR] = None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.lin.reset_parameters()
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-        self._cached_adj = None
-
-    def normalized_adj(self, edge_index, num_nodes: int, edge_weight: Optional[Tensor] = None,
-                       dtype: Optional[torch.dtype] = None) -> CSR:
-        """The CSR this layer propagates over (normalised unless ``normalize=False``)."""
-        if not self.normalize:
-            if isinstance(edge_index, Tensor) and edge_index.layout == torch.strided:
-                return ops.as_csr(edge_index, num_nodes, edge_weight)
-            return ops.as_csr(edge_index)
-        ei, w = _to_edge_list(edge_index, edge_weight)
-        ei, w = gcn_norm(ei, w, num_nodes, self.improved, self.add_self_loops, "source_to_target", dtype)
-        return CSR.from_edge_index(ei, num_nodes, w)
+                 add_self_loops: Optional[bool] = None, normalize: bool = True, bias: bool = True,
+                 backend: Optional[str] = None, **kwargs):
+        super().__init__(in_channels, out_channels, improved=improved, cached=cached,
+                         add_self_loops=add_self_loops, normalize=normalize, bias=bias, **kwargs)
+        self.backend = _check_backend(backend)
 
     def forward(self, x: Tensor, edge_index, edge_weight: Optional[Tensor] = None) -> Tensor:
-        if self.cached and self._cached_adj is not None:
-            adj = self._cached_adj
-        else:
-            adj = self.normalized_adj(edge_index, x.size(0), edge_weight, x.dtype)
-            if self.cached:
-                self._cached_adj = adj
-        w = adj.value
+        if isinstance(edge_index, CSR) and self.normalize:
+            edge_weight = edge_index.edge_order(edge_weight) if edge_weight is not None else edge_index.value
+            edge_index = torch.stack([edge_index.col, edge_index.row])
+        return super().forward(x, edge_index, edge_weight)
+
+    def _fused_aggregate(self, edge_index, size, x: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+        adj = self._adj(edge_index, x, None, size)
+        w = adj.edge_order(edge_weight)
         if w is not None and w.dtype != x.dtype:
             w = w.to(x.dtype)
-        out = ops.spmm(adj, self.lin(x), "sum", w, backend=self.backend)
-        return out + self.bias if self.bias is not None else out
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels})"
+        return ops.spmm(adj, x, fused_reduce(self), w, backend=self.backend)
 
 
-class SAGEConv(nn.Module):
-    """GraphSAGE convolution (Hamilton, Ying, Leskovec, NeurIPS 2017):
-    ``x'_i = W_l AGG_{j in N(i)} x_j + W_r x_i`` (+ optional L2 normalisation).
+class SAGEConv(_Fused, pyg_nn.SAGEConv):
+    """GraphSAGE convolution (Hamilton, Ying, Leskovec, NeurIPS 2017),
+    ``x'_i = W_l AGG_{j in N(i)} x_j + W_r x_i`` (+ ``project``, ``normalize``):
+    :class:`torch_geometric.nn.SAGEConv` (every option) whose aggregation is
+    :func:`graphscale.ops.spmm` for ``aggr`` in ``mean | sum | add | max | min`` (``max`` / ``min``
+    gradients split among ties exactly as PyG's).
 
-    Same arguments and parameters (``lin_l.weight``, ``lin_l.bias``, ``lin_r.weight``) as
-    :class:`torch_geometric.nn.SAGEConv` for ``aggr`` in ``mean | sum | max | min`` (``'add'`` is an
-    alias of ``'sum'``); the aggregation is :func:`graphscale.ops.spmm`.
+    Args:
+        in_channels, out_channels, aggr, normalize, root_weight, project, bias, ``**kwargs``: as in PyG.
+        backend: aggregation backend (``None`` = ``GRAPHSCALE_BACKEND`` / auto).
 
     Shapes: ``x [N, F_in]`` or ``(x_src [N_s, F_s], x_dst [N_d, F_d])``, ``edge_index [2, E]`` (or
     ``adj_t`` / CSR) -> ``[N_d, F_out]``.
     """
 
-    def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int, aggr: str = "mean",
-                 normalize: bool = False, root_weight: bool = True, bias: bool = True,
-                 backend: Optional[str] = None):
-        super().__init__()
-        aggr = "sum" if aggr == "add" else aggr
-        if aggr not in ops.REDUCES:
-            raise ConfigError(f"unsupported SAGEConv aggr {aggr!r}; expected one of {', '.join(ops.REDUCES)}")
-        self.in_channels, self.out_channels, self.aggr = in_channels, out_channels, aggr
-        self.normalize, self.root_weight, self.backend = normalize, root_weight, backend
-        ins = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
-        self.lin_l = Linear(ins[0], out_channels, bias=bias)
-        if root_weight:
-            self.lin_r = Linear(ins[1], out_channels, bias=False)
-        self.reset_parameters()
+    propagate = _Fused._propagate
+    _PYG = pyg_nn.SAGEConv
 
-    def reset_parameters(self) -> None:
-        self.lin_l.reset_parameters()
-        if self.root_weight:
-            self.lin_r.reset_parameters()
+    def __init__(self, in_channels, out_channels: int, aggr="mean", normalize: bool = False,
+                 root_weight: bool = True, project: bool = False, bias: bool = True,
+                 backend: Optional[str] = None, **kwargs):
+        super().__init__(in_channels, out_channels, aggr=aggr, normalize=normalize, root_weight=root_weight,
+                         project=project, bias=bias, **kwargs)
+        self.backend = _check_backend(backend)
 
-    def forward(self, x: Union[Tensor, PairTensor], edge_index, size=None) -> Tensor:
+    def _fused_aggregate(self, edge_index, size, x) -> Tensor:
         x_src, x_dst = _pair(x)
-        adj = _adj(edge_index, x_src, x_dst, size)
-        out = self.lin_l(ops.spmm(adj, x_src, self.aggr, backend=self.backend))
-        if self.root_weight and x_dst is not None:
-            out = out + self.lin_r(x_dst)
-        if self.normalize:
-            out = F.normalize(out, p=2.0, dim=-1)
-        return out
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, aggr={self.aggr})"
+        adj = self._adj(edge_index, x_src, x_dst, size)
+        return ops.spmm(adj, x_src, fused_reduce(self), backend=self.backend)
 
 
-class _SoftmaxT(nn.Module):
-    # Holds the inverse temperature under PyG's parameter name (``aggr_module.t``).
-    def __init__(self, t: float, learn: bool):
-        super().__init__()
-        self._init_t, self.learn = t, learn
-        self.t = nn.Parameter(torch.full((1,), float(t))) if learn else float(t)
-
-    def reset_parameters(self) -> None:
-        if isinstance(self.t, Tensor):
-            self.t.data.fill_(self._init_t)
-
-
-class GENConv(nn.Module):
+class GENConv(_Fused, pyg_nn.GENConv):
     """GENeralized graph convolution of DeeperGCN (Li, Xiong, Thabet, Ghanem 2020, arXiv:2006.07739):
-    ``x'_i = MLP(x_i + softmax-AGG_{j in N(i)}(relu(x_j + e_ji) + eps))`` with a (learnable) inverse
-    temperature ``t``; the aggregation is the fused :func:`graphscale.ops.softmax_aggr`, which keeps no
-    ``[E, F]`` message tensor for backward.
+    ``x'_i = MLP(x_i + AGG_{j in N(i)}(relu(x_j + e_ji) + eps))``: :class:`torch_geometric.nn.GENConv`
+    (every option) with the message construction fused into the aggregation:
 
-    Same arguments and parameter names as :class:`torch_geometric.nn.GENConv` for ``aggr='softmax'``
-    (``aggr_module.t``, ``lin_src``, ``lin_edge``, ``lin_dst``, ``mlp``, ``msg_norm``), so a PyG
-    state dict loads as is.
+    * ``softmax`` (learnable ``t``): :func:`graphscale.ops.softmax_aggr` (Triton on CUDA);
+    * without edge features the message is a function of the source node, so ``powermean``
+      (learnable ``p``) and ``sum | add | mean | max | min`` are :func:`graphscale.ops.spmm` on
+      ``relu(x) + eps``;
+    * with edge features, ``max | min``: :func:`graphscale.ops.gen_aggr`; ``sum | mean | powermean``
+      take PyG's path (slower fused on CPU, see :attr:`fused_edge_reduces`).
+
+    A fused path keeps no ``[E, F]`` message tensor for backward. ``softmax_sg``, per-channel
+    ``t`` / ``p`` and other aggregations run PyG's path, and so does an ``edge_index`` whose average
+    in-degree is below :attr:`fuse_min_degree` (20; there PyG's path was measured faster on CPU;
+    a CSR or sparse ``adj_t`` input is always fused).
 
     Args:
-        in_channels, out_channels: as in PyG (int or ``(F_src, F_dst)``).
-        aggr: ``'softmax'`` (other PyG aggregations are not fused here; use PyG's GENConv).
-        t, learn_t: initial inverse temperature and whether it is learned.
-        msg_norm, learn_msg_scale: MessageNorm (DeeperGCN's MsgNorm).
-        norm, num_layers, expansion, eps, bias, edge_dim: as in PyG.
+        in_channels, out_channels, aggr, t, learn_t, p, learn_p, msg_norm, learn_msg_scale, norm,
+            num_layers, expansion, eps, bias, edge_dim, ``**kwargs``: as in PyG.
         backend: aggregation backend (``None`` = ``GRAPHSCALE_BACKEND`` / auto).
 
     Shapes: ``x [N, F_in]`` or a pair, ``edge_index [2, E]`` (or ``adj_t`` / CSR),
     ``edge_attr [E, edge_dim]`` in ``edge_index`` order -> ``[N_d, F_out]``.
     """
 
-    def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int, aggr: str = "softmax",
-                 t: float = 1.0, learn_t: bool = False, msg_norm: bool = False, learn_msg_scale: bool = False,
+    propagate = _Fused._propagate
+    _PYG = pyg_nn.GENConv
+    # Aggregations fused together with edge features (graphscale.ops.softmax_aggr / gen_aggr). Measured
+    # on the 2-core CPU (2,000 nodes x degree 600, F=16, one layer forward + backward, PyG's time = 1):
+    # softmax 0.67, max 0.75; sum 1.4, mean 1.24, powermean 1.27 -- those three take PyG's path unless
+    # added here (per instance: conv.fused_edge_reduces = {...}; they then keep no [E, F] tensor for
+    # backward, at that cost in time).
+    fused_edge_reduces = frozenset({"softmax", "max", "min"})
+
+    def __init__(self, in_channels, out_channels: int, aggr="softmax", t: float = 1.0, learn_t: bool = False,
+                 p: float = 1.0, learn_p: bool = False, msg_norm: bool = False, learn_msg_scale: bool = False,
                  norm: str = "batch", num_layers: int = 2, expansion: int = 2, eps: float = 1e-7,
-                 bias: bool = False, edge_dim: Optional[int] = None, backend: Optional[str] = None):
-        super().__init__()
-        if aggr != "softmax":
-            raise ConfigError(f"graphscale GENConv fuses aggr='softmax' only, got {aggr!r}; use "
-                              f"torch_geometric.nn.GENConv for other aggregations")
-        self.in_channels, self.out_channels, self.eps, self.backend = in_channels, out_channels, eps, backend
-        self.aggr_module = _SoftmaxT(t, learn_t)
-        ins = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
-        if ins[0] != out_channels:
-            self.lin_src = Linear(ins[0], out_channels, bias=bias)
-        if edge_dim is not None and edge_dim != out_channels:
-            self.lin_edge = Linear(edge_dim, out_channels, bias=bias)
-        if ins[1] != out_channels:
-            self.lin_dst = Linear(ins[1], out_channels, bias=bias)
-        channels = [out_channels] + [out_channels * expansion] * (num_layers - 1) + [out_channels]
-        self.mlp = MLP(channels, norm=norm, bias=bias)
-        if msg_norm:
-            self.msg_norm = MessageNorm(learn_msg_scale)
+                 bias: bool = False, edge_dim: Optional[int] = None, backend: Optional[str] = None, **kwargs):
+        super().__init__(in_channels, out_channels, aggr=aggr, t=t, learn_t=learn_t, p=p, learn_p=learn_p,
+                         msg_norm=msg_norm, learn_msg_scale=learn_msg_scale, norm=norm, num_layers=num_layers,
+                         expansion=expansion, eps=eps, bias=bias, edge_dim=edge_dim, **kwargs)
+        self.backend = _check_backend(backend)
 
-    def reset_parameters(self) -> None:
-        for m in self.children():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-            else:
-                for sub in m.modules():
-                    if sub is not m and hasattr(sub, "reset_parameters"):
-                        sub.reset_parameters()
+    # Below this average in-degree (edges / destination nodes) PyG's path is faster: measured on the
+    # 2-core CPU, one thread, F=32, one layer forward + backward on a fresh graph each step (the CSR
+    # built inside), graphscale / PyG time: softmax 1.74 / 1.29 / 0.99 / 1.0 at degree 2 / 10 / 20 /
+    # 200, max 1.9 / 1.6 / 1.03 / 0.57.
+    fuse_min_degree: float = 20.0
 
-    def forward(self, x: Union[Tensor, PairTensor], edge_index, edge_attr: Optional[Tensor] = None,
-                size=None) -> Tensor:
+    def _fusable(self, edge_index, kwargs: dict) -> bool:
+        if kwargs.get("edge_attr") is not None and fused_reduce(self) not in self.fused_edge_reduces:
+            return False
+        if isinstance(edge_index, Tensor) and edge_index.layout == torch.strided and edge_index.dim() == 2:
+            x = kwargs.get("x")
+            x_dst = x[1] if isinstance(x, (tuple, list)) and x[1] is not None else _pair(x)[0]
+            if edge_index.size(1) < self.fuse_min_degree * max(1, x_dst.size(0)):
+                return False
+        return _Fused._fusable(self, edge_index, kwargs)
+
+    def _fused_aggregate(self, edge_index, size, x, edge_attr: Optional[Tensor] = None) -> Tensor:
         x_src, x_dst = _pair(x)
-        if hasattr(self, "lin_src"):
-            x_src = self.lin_src(x_src)
-        adj = _adj(edge_index, x_src, x_dst, size)
+        adj = self._adj(edge_index, x_src, x_dst, size)
         if edge_attr is not None:
             if hasattr(self, "lin_edge"):
                 edge_attr = self.lin_edge(edge_attr)
+            if edge_attr.size(-1) != x_src.size(-1):
+                raise ValueError(f"edge_attr has {edge_attr.size(-1)} features but x has {x_src.size(-1)}; "
+                                 f"set edge_dim={edge_attr.size(-1)} to project them")
             edge_attr = adj.edge_order(edge_attr)
-        t = self.aggr_module.t
-        if isinstance(t, Tensor) and t.dtype != x_src.dtype:
-            t = t.to(x_src.dtype)
-        out = ops.softmax_aggr(adj, x_src, t, edge_attr, relu=True, eps=self.eps, backend=self.backend)
-        if hasattr(self, "msg_norm"):
-            out = self.msg_norm(x_dst if x_dst is not None else x_src, out)
-        if x_dst is not None:
-            out = out + (self.lin_dst(x_dst) if hasattr(self, "lin_dst") else x_dst)
-        return self.mlp(out)
+        reduce = fused_reduce(self)
+        m = self.aggr_module
+        if reduce == "softmax":
+            t = m.t.to(x_src.dtype) if isinstance(m.t, Tensor) else m.t
+            return ops.softmax_aggr(adj, x_src, t, edge_attr, relu=True, eps=self.eps, backend=self.backend)
+        if reduce == "pmean":
+            return self._powermean(adj, x_src, edge_attr, m)
+        if edge_attr is None:  # the message relu(x_j) + eps is a function of the source node alone
+            return ops.spmm(adj, x_src.relu() + self.eps, reduce, backend=self.backend)
+        return ops.gen_aggr(adj, x_src, edge_attr, reduce, eps=self.eps, backend=self.backend)
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, aggr=softmax)"
+    def _powermean(self, adj: CSR, x: Tensor, edge_attr: Optional[Tensor], m: PowerMeanAggregation) -> Tensor:
+        # PyG's PowerMeanAggregation: with p a plain 1 (not learned) no clamp and no power at all.
+        p, lo, hi = m.p, m.min_value, m.max_value
+        if isinstance(p, Tensor):
+            p = p.to(x.dtype)
+        elif p == 1:
+            if edge_attr is None:
+                return ops.spmm(adj, x.relu() + self.eps, "mean", backend=self.backend)
+            return ops.gen_aggr(adj, x, edge_attr, "mean", eps=self.eps, backend=self.backend)
+        if edge_attr is None:
+            inner = ops.spmm(adj, (x.relu() + self.eps).clamp(lo, hi).pow(p), "mean", backend=self.backend)
+        else:
+            inner = ops.gen_aggr(adj, x, edge_attr, "pmean", eps=self.eps, p=p, clamp=(lo, hi),
+                                 backend=self.backend)
+        return inner.clamp(lo, hi).pow(1.0 / p)
+
+
+def layer_graph(edge_index, num_nodes: int, edge_attr: Optional[Tensor] = None,
+                min_degree: Optional[float] = None):
+    """``(graph, edge_attr)`` to hand to every layer of a model built from graphscale convs.
+
+    When the graph is dense enough for the fused path (average in-degree ``>= min_degree``) this is
+    a :class:`~graphscale.ops.CSR` whose edges are in CSR order and ``edge_attr [E, D]`` permuted into
+    that order **once**: the layers then read edge features in place instead of each permuting its
+    own ``[E, F]`` copy (``CSR.edge_order``). Otherwise (or for a non-``edge_index`` input) the inputs
+    come back unchanged, and the layers take PyG's path. ``min_degree`` defaults to
+    :attr:`GENConv.fuse_min_degree`.
+    """
+    min_degree = GENConv.fuse_min_degree if min_degree is None else min_degree
+    if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided or \
+            edge_index.size(1) < min_degree * max(1, num_nodes):
+        return edge_index, edge_attr
+    adj = _as_csr_compiled(edge_index, num_nodes)
+    view = adj.cached("layer_graph", lambda: CSR(adj.rowptr, adj.col, adj.num_cols, validate=False))
+    return view, adj.edge_order(edge_attr)
+
+
+@torch.compiler.disable  # data-dependent sort (see _Fused._adj)
+def _as_csr_compiled(edge_index: Tensor, num_nodes: int) -> CSR:
+    return ops.as_csr(edge_index, num_nodes)

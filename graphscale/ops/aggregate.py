@@ -17,11 +17,18 @@ from graphscale.errors import ConfigError
 from graphscale.ops import reference
 from graphscale.ops.csr import CSR
 
-__all__ = ["spmm", "softmax_aggr", "resolve_backend", "BACKENDS", "REDUCES"]
+__all__ = ["spmm", "softmax_aggr", "gen_aggr", "resolve_backend", "BACKENDS", "REDUCES", "GEN_REDUCES"]
 
 BACKENDS = ("auto", "torch", "triton")
 REDUCES = ("sum", "mean", "max", "min")
+GEN_REDUCES = ("sum", "mean", "max", "min", "pmean")
+TIES = ("split", "first")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _explicit(backend: str | None) -> str:
+    """The backend name asked for (argument > env var), lower case; ``'auto'`` if none."""
+    return str(backend if backend is not None else os.environ.get("GRAPHSCALE_BACKEND", "auto")).lower()
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
@@ -76,11 +83,11 @@ def _check_edge(adj: CSR, name: str, v: Tensor | None, x: Tensor, dim: int) -> T
         raise ValueError(f"{name} must have shape {list(want)} (one row per edge, CSR order), got {list(v.shape)}")
     if v.device != x.device:
         raise ValueError(f"{name} is on {v.device} but x is on {x.device}")
-    return v.contiguous()
+    return v  # not made contiguous here: the reference reads row slices of a strided view as well
 
 
 def spmm(adj: CSR, x: Tensor, reduce: str = "sum", edge_weight: Tensor | None = None, *,
-         backend: str | None = None) -> Tensor:
+         backend: str | None = None, ties: str = "split") -> Tensor:
     """Aggregate source features into destinations: ``out[i] = REDUCE_{j->i} w_ji * x[j]``.
 
     The sparse-dense product behind GCN (Kipf & Welling 2017) and GraphSAGE (Hamilton et al. 2017)
@@ -92,6 +99,11 @@ def spmm(adj: CSR, x: Tensor, reduce: str = "sum", edge_weight: Tensor | None = 
         reduce: ``'sum' | 'mean' | 'max' | 'min'``; empty rows give 0.
         edge_weight: ``[E]`` weights in CSR order (default ``adj.value``; ``None`` = all ones).
         backend: ``'auto' | 'torch' | 'triton'`` (default: ``GRAPHSCALE_BACKEND`` or auto).
+        ties: ``max`` / ``min`` gradient at tied messages: ``'split'`` (default; PyG's and torch
+            ``scatter_reduce``'s rule, see :mod:`graphscale.ops.reference`) or ``'first'`` (all to the
+            first edge in CSR order). The Triton kernels implement ``'first'`` only: with ``'split'``,
+            ``max`` / ``min`` on CUDA run the pure-torch reference under ``auto``, and an explicit
+            ``backend='triton'`` is a ``ConfigError``.
 
     Returns:
         ``[N_dst, F]``, differentiable w.r.t. ``x`` and ``edge_weight``.
@@ -101,10 +113,18 @@ def spmm(adj: CSR, x: Tensor, reduce: str = "sum", edge_weight: Tensor | None = 
         raise ValueError(f"unsupported reduce {reduce!r}; expected one of {', '.join(REDUCES)}")
     x = _check_x(adj, x)
     w = _check_edge(adj, "edge_weight", adj.value if edge_weight is None else edge_weight, x, 1)
-    if resolve_backend(backend, x.device) == "triton":
+    if ties not in TIES:
+        raise ValueError(f"unsupported ties {ties!r}; expected one of {', '.join(TIES)}")
+    use_triton = resolve_backend(backend, x.device) == "triton"
+    if use_triton and reduce in ("max", "min") and ties == "split":
+        if _explicit(backend) == "triton":
+            raise ConfigError(f"backend 'triton' implements {reduce} with ties='first' only (the gradient of tied "
+                              f"messages goes to the first edge); pass ties='first' or backend='torch'")
+        use_triton = False  # the reference runs on CUDA tensors too
+    if use_triton:
         from graphscale.ops import triton_ops
-        return triton_ops.spmm(adj, x, reduce, w)
-    return reference.spmm(adj, x, reduce, w)
+        return triton_ops.spmm(adj, x, reduce, None if w is None else w.contiguous())
+    return reference.spmm(adj, x, reduce, w, ties)
 
 
 def softmax_aggr(adj: CSR, x: Tensor, t: Tensor | float = 1.0, edge_attr: Tensor | None = None, *,
@@ -140,5 +160,53 @@ def softmax_aggr(adj: CSR, x: Tensor, t: Tensor | float = 1.0, edge_attr: Tensor
         t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
     if resolve_backend(backend, x.device) == "triton":
         from graphscale.ops import triton_ops
-        return triton_ops.softmax_aggr(adj, x, t, ea, relu, float(eps))
+        return triton_ops.softmax_aggr(adj, x, t, None if ea is None else ea.contiguous(), relu, float(eps))
     return reference.softmax_aggr(adj, x, t, ea, relu, float(eps))
+
+
+def gen_aggr(adj: CSR, x: Tensor, edge_attr: Tensor, reduce: str = "sum", *, eps: float = 1e-7,
+             p: Tensor | float | None = None, clamp: tuple[float | None, float | None] = (None, None),
+             backend: str | None = None) -> Tensor:
+    """GENConv's message and aggregation fused (Li, Xiong, Thabet, Ghanem 2020, "DeeperGCN", eq. 3-5),
+    for the aggregations other than softmax (:func:`softmax_aggr`).
+
+    ``m_e = relu(x[j] + edge_attr[e]) + eps`` for every edge ``e = (j -> i)``, then per destination and
+    feature ``sum | mean | max | min`` of the ``m_e``, or ``'pmean'``: ``mean_e clamp(m_e, lo, hi) ** p``
+    (the inner mean of PyG's ``PowerMeanAggregation``; the caller applies the outer
+    ``clamp(., lo, hi) ** (1 / p)``). ``max`` / ``min`` split the gradient evenly among tied
+    messages. Rows without edges give 0. No ``[E, F]`` tensor is saved for backward, and the
+    messages are built block by block (never all ``E`` at once).
+
+    Args:
+        adj: :class:`CSR` ``[N_dst, N_src]``.
+        x: ``[N_src, F]`` source features.
+        edge_attr: ``[E, F]`` edge features in CSR order (``adj.edge_order(edge_attr)``).
+            Without edge features the messages are per node: use :func:`spmm` on ``relu(x) + eps``.
+        reduce: ``'sum' | 'mean' | 'max' | 'min' | 'pmean'``.
+        eps: added to every message.
+        p: ``'pmean'`` only: the power, a float or a one-element tensor (learnable; gets a gradient).
+        clamp: ``'pmean'`` only: ``(lo, hi)`` bounds of the messages before the power (``None`` = open).
+        backend: ``'auto' | 'torch'``: this op has no Triton kernel; the pure-torch reference runs
+            on every device, and ``'triton'`` is an error.
+
+    Returns:
+        ``[N_dst, F]``, differentiable w.r.t. ``x``, ``edge_attr`` and ``p``.
+    """
+    adj = _check_adj(adj)
+    if reduce not in GEN_REDUCES:
+        raise ValueError(f"unsupported reduce {reduce!r}; expected one of {', '.join(GEN_REDUCES)}")
+    x = _check_x(adj, x)
+    if edge_attr is None:
+        raise ValueError("gen_aggr needs edge_attr; without edge features use spmm(adj, relu(x) + eps, reduce)")
+    ea = _check_edge(adj, "edge_attr", edge_attr, x, 2)
+    if resolve_backend(backend, x.device) == "triton" and _explicit(backend) == "triton":
+        raise ConfigError("backend 'triton' has no kernel for gen_aggr (GENConv sum / mean / max / min / "
+                          "powermean with edge features); use backend 'torch' or 'auto'")
+    pt = None
+    if reduce == "pmean":
+        if p is None:
+            raise ValueError("reduce='pmean' needs p")
+        pt = p.reshape(()) if isinstance(p, Tensor) else torch.tensor(float(p), dtype=x.dtype, device=x.device)
+    lo = -float("inf") if clamp[0] is None else float(clamp[0])
+    hi = float("inf") if clamp[1] is None else float(clamp[1])
+    return reference.gen_aggr(adj, x, ea, reduce, float(eps), pt, lo, hi)

@@ -90,10 +90,11 @@ def _revgnn(cfg: ModelConfig, info: DatasetInfo, weight_tied: bool) -> nn.Module
     from graphscale.nn.models import RevGNN
     return RevGNN(info.num_features, cfg.hidden_channels, info.num_outputs, cfg.num_layers,
                   num_groups=cfg.num_groups, edge_dim=info.edge_dim, dropout=cfg.dropout, aggr=cfg.aggr,
-                  t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, weight_tied=weight_tied)
+                  t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers, weight_tied=weight_tied, conv=cfg.conv)
 
 
-_REVGNN_KEYS = ("hidden_channels", "num_layers", "dropout", "aggr", "t", "learn_t", "mlp_layers", "num_groups")
+_REVGNN_KEYS = ("hidden_channels", "num_layers", "dropout", "aggr", "t", "learn_t", "mlp_layers", "num_groups",
+                "conv")
 
 
 @register_model("revgnn", keys=_REVGNN_KEYS)
@@ -107,12 +108,12 @@ def _revgnn_tied(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
 
 
 @register_model("deq-gnn", keys=("hidden_channels", "dropout", "aggr", "t", "learn_t", "mlp_layers", "solver",
-                                  "max_iter", "tol"))
+                                  "max_iter", "tol", "conv"))
 def _deq_gnn(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     from graphscale.nn.models import DEQGNN
     return DEQGNN(info.num_features, cfg.hidden_channels, info.num_outputs, edge_dim=info.edge_dim,
                   dropout=cfg.dropout, aggr=cfg.aggr, t=cfg.t, learn_t=cfg.learn_t, mlp_layers=cfg.mlp_layers,
-                  solver=cfg.solver, max_iter=cfg.max_iter, tol=cfg.tol)
+                  solver=cfg.solver, max_iter=cfg.max_iter, tol=cfg.tol, conv=cfg.conv)
 
 
 # --------------------------------------------------------------------------------------------

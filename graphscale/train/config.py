@@ -119,8 +119,9 @@ class ModelConfig:
     residual: bool = _doc(False, "sage: add each hidden layer's input to its output")
     block: str = _choice("res+", "res+", "res", "plain", doc="DeeperGCN block type")
     mlp_layers: int = _doc(2, "GENConv MLP depth")
-    conv: str = _choice("pyg", "pyg", "graphscale", doc="deepergcn: GENConv implementation (graphscale = fused "
-                        "softmax aggregation through graphscale.ops; aggr=softmax only)")
+    conv: str = _choice("graphscale", "graphscale", "pyg", doc="deepergcn / revgnn / wt-revgnn / deq-gnn: GENConv "
+                        "implementation (graphscale = fused message and aggregation through graphscale.ops; pyg = "
+                        "PyG's GENConv, the reference; same weights)")
     # Deep blocks (graphscale.nn: revgnn, wt-revgnn, deq-gnn)
     num_groups: int = _doc(2, "revgnn / wt-revgnn: channel groups C of each reversible block")
     solver: str = _choice("anderson", "anderson", "fixed-point", "broyden", doc="deq-gnn: fixed-point solver")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import DeepGCNLayer, GENConv
+from torch_geometric.nn import DeepGCNLayer
 
 from graphscale.errors import ConfigError
-from graphscale.nn.conv import GENConv as GraphscaleGENConv
+from graphscale.nn.conv import layer_graph
+from graphscale.nn.models.revgnn import gen_conv_class
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -25,7 +26,7 @@ class DeeperGCN(nn.Module):
     """DeeperGCN (Li, Xiong, Thabet, Ghanem, 2020, "DeeperGCN: All You Need to Train Deeper GCNs").
 
     Pre-activation residual blocks (``res+``: norm -> ReLU -> dropout -> GENConv -> + input) around
-    PyG's :class:`~torch_geometric.nn.GENConv` with softmax aggregation and a learnable temperature.
+    GENConv (softmax aggregation with a learnable temperature by default).
     Edge features (ogbn-proteins) are encoded by a linear layer and passed to every convolution.
 
     Args:
@@ -38,8 +39,9 @@ class DeeperGCN(nn.Module):
         aggr, t, learn_t, mlp_layers: GENConv options.
         norm: ``'layer'`` or ``'batch'``.
         block: ``'res+'`` (pre-activation), ``'res'`` or ``'plain'``.
-        conv: ``'pyg'`` (PyG's GENConv) or ``'graphscale'`` (:class:`graphscale.nn.GENConv`, same
-            parameters, fused softmax aggregation through :mod:`graphscale.ops`; ``aggr='softmax'`` only).
+        conv: ``'graphscale'`` (:class:`graphscale.nn.GENConv`: fused message + aggregation through
+            :mod:`graphscale.ops`) or ``'pyg'`` (:class:`torch_geometric.nn.GENConv`, the reference).
+            Same parameters either way: a state dict loads across.
 
     Shapes: ``x [N, F_in]``, ``edge_index [2, E]``, ``edge_attr [E, edge_dim]`` -> ``[N, C]``.
     """
@@ -47,11 +49,10 @@ class DeeperGCN(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
                  edge_dim: int | None = None, dropout: float = 0.1, aggr: str = "softmax",
                  t: float = 1.0, learn_t: bool = True, mlp_layers: int = 2, norm: str = "layer",
-                 block: str = "res+", conv: str = "pyg"):
+                 block: str = "res+", conv: str = "graphscale"):
         super().__init__()
-        if conv not in ("pyg", "graphscale"):
-            raise ConfigError(f"unknown conv {conv!r}; expected 'pyg' or 'graphscale'")
-        gen_cls = GENConv if conv == "pyg" else GraphscaleGENConv
+        gen_cls = gen_conv_class(conv)
+        self.conv_name = conv
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
         self.dropout = dropout
@@ -68,6 +69,8 @@ class DeeperGCN(nn.Module):
         self.lin = nn.Linear(hidden_channels, out_channels)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv_name == "graphscale":  # one CSR (and one edge-feature permutation) for every layer
+            edge_index, edge_attr = layer_graph(edge_index, x.size(0), edge_attr)
         x = self.node_encoder(x)
         e = self.edge_encoder(edge_attr) if (self.edge_encoder is not None and edge_attr is not None) else None
         x = self.layers[0].conv(x, edge_index, e)

@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GENConv
+import torch_geometric.nn as pyg_nn
 
 from graphscale.errors import ConfigError
+from graphscale.nn.conv import GENConv, layer_graph
 from graphscale.nn.reversible import GroupRevBlock, RevStack
 from graphscale.nn.weight_tied import WeightTiedReversible
 
-__all__ = ["GENBlock", "RevGNN"]
+__all__ = ["GENBlock", "RevGNN", "gen_conv_class", "CONVS"]
+
+CONVS = ("graphscale", "pyg")
+
+
+def gen_conv_class(conv: str) -> type:
+    """The GENConv class of ``conv``: ``'graphscale'`` (:class:`graphscale.nn.GENConv`, fused through
+    :mod:`graphscale.ops`) or ``'pyg'`` (:class:`torch_geometric.nn.GENConv`, the reference)."""
+    if conv not in CONVS:
+        raise ConfigError(f"unknown conv {conv!r}; expected one of {', '.join(CONVS)}")
+    return GENConv if conv == "graphscale" else pyg_nn.GENConv
 
 
 class GENBlock(nn.Module):
@@ -32,17 +43,18 @@ class GENBlock(nn.Module):
             statistics do not survive recomputation).
         dropout: dropout probability (seeded per step by the reversible / equilibrium wrapper).
         edge_features: the conv receives edge features of width ``channels``.
+        conv: ``'graphscale'`` or ``'pyg'`` GENConv (:func:`gen_conv_class`; same parameters).
 
     Shapes: ``x [N, channels]``, ``edge_attr [E, channels]`` (optional) -> ``[N, channels]``.
     """
 
     def __init__(self, channels: int, aggr: str = "max", t: float = 1.0, learn_t: bool = True,
-                 mlp_layers: int = 1, dropout: float = 0.1, edge_features: bool = True):
+                 mlp_layers: int = 1, dropout: float = 0.1, edge_features: bool = True, conv: str = "graphscale"):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
         self.drop = nn.Dropout(dropout)
         learn_t = learn_t and aggr == "softmax"
-        self.conv = GENConv(channels, channels, aggr=aggr, t=t, learn_t=learn_t, num_layers=mlp_layers,
+        self.conv = gen_conv_class(conv)(channels, channels, aggr=aggr, t=t, learn_t=learn_t, num_layers=mlp_layers,
                             norm="layer")
         self.edge_features = edge_features
 
@@ -64,6 +76,7 @@ class RevGNN(nn.Module):
         dropout, aggr, t, learn_t, mlp_layers: block options (see :class:`GENBlock`).
         weight_tied: one block reused ``L`` times (WT-RevGNN): parameters O(1) in depth.
         disable: plain autograd (no memory saving), for comparison.
+        conv: ``'graphscale'`` (default) or ``'pyg'`` GENConv in every block (same parameters).
 
     Edge features are encoded to width ``D`` and split into ``C`` groups like the node features,
     one slice per group. Shapes: ``x [N, F]``, ``edge_attr [E, edge_dim]`` -> ``[N, out]``.
@@ -72,7 +85,7 @@ class RevGNN(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
                  num_groups: int = 2, edge_dim: int | None = None, dropout: float = 0.1, aggr: str = "max",
                  t: float = 1.0, learn_t: bool = True, mlp_layers: int = 1, weight_tied: bool = False,
-                 disable: bool = False):
+                 disable: bool = False, conv: str = "graphscale"):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
@@ -82,9 +95,11 @@ class RevGNN(nn.Module):
         self.node_encoder = nn.Linear(in_channels, hidden_channels)
         self.edge_encoder = nn.Linear(edge_dim, hidden_channels) if edge_dim else None
         width = hidden_channels // num_groups
+        gen_conv_class(conv)  # a bad name fails here, before any block is built
+        self.conv_name = conv
 
         def block() -> GroupRevBlock:
-            return GroupRevBlock(GENBlock(width, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None),
+            return GroupRevBlock(GENBlock(width, aggr, t, learn_t, mlp_layers, dropout, edge_dim is not None, conv),
                                  num_groups=num_groups, disable=disable)
         if weight_tied:
             self.blocks = WeightTiedReversible(block(), num_layers)
@@ -103,6 +118,8 @@ class RevGNN(nn.Module):
         return self.out_drop.p
 
     def forward(self, x: Tensor, edge_index, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv_name == "graphscale":  # one CSR (and one edge-feature permutation) for every block
+            edge_index, edge_attr = layer_graph(edge_index, x.size(0), edge_attr)
         h = self.node_encoder(x)
         if self.edge_encoder is not None and edge_attr is not None:
             h = self.blocks(h, edge_index, self.edge_encoder(edge_attr))
