@@ -165,7 +165,7 @@ def write_store(data: NodeDataset, out: str, num_parts: int, method: str = "meti
 def _write(data: NodeDataset, folder: str, part: Tensor, num_parts: int, halo: int, progress: bool) -> dict:
     n = data.num_nodes
     ei = data.edge_index
-    src_all, dst_all = ei[0], ei[1]
+    dst_all = ei[1]
     files: dict = {}
     _save(folder, BOOK, part.to(torch.int32), files)
 
