@@ -66,6 +66,11 @@ CASES = [
     ("synth-root-under-a-file", lambda t: ["data", "synth", "--root", _under_a_file(t)],
      "cannot write the synthetic data set under"),
     ("bad-like", lambda t: ["train", *TINY, "data.like=ogbn-papers100m"], "'ogbn-papers100m' is not one of"),
+    # train.precision (docs/precision.md): a precision the device cannot run, or a mode that has none
+    ("fp16-on-cpu", lambda t: ["train", *TINY, "train.precision=fp16"], "fp16 autocast needs CUDA"),
+    ("precision-layerwise", lambda t: ["train", "train.mode=layerwise", "model.name=lgcn", "train.precision=bf16",
+                                       "train.device=cpu"], "train.precision is set"),
+    ("precision-unknown", lambda t: ["train", *TINY, "train.precision=fp8"], "'fp8' is not one of"),
     # graphscale bench memory-depth: bad depths are named before anything is measured or written
     ("bench-empty-depths", lambda t: ["bench", "memory-depth", "--depths", "", "--models", "reversible", "--out",
                                       str(t / "b")], "--depths ''"),
