@@ -4,14 +4,17 @@ For each recipe (a config plus overrides) and each precision (``train.precision`
 
 * **step**: one training step (forward under the precision's autocast, loss in fp32, backward) on the
   first subgraph the recipe's sampler gives in epoch 1, the model built from the recipe with
-  ``train.seed``. Measured: the median wall seconds of ``--repeats`` steps (after one warm-up step),
+  ``train.seed`` (the same weights for every precision; the precisions take turns in each repeat).
+  Measured: the median wall seconds and process CPU seconds (``time.process_time``: less sensitive to
+  other jobs on a shared machine) of ``--repeats`` steps after one warm-up round,
   the bytes autograd saves for backward in the forward (``graphscale.saved_bytes.count_saved_bytes``,
   parameters excluded; under autocast the low-precision copies of the weights that matrix products
   save count, as they are held), and the relative difference of the flattened parameter gradient
   from the fp32 step with the same weights and the same dropout draw (``|g - g32| / |g32|``).
 * **train** (unless ``--no-train``): the recipe trained end to end by ``graphscale.train.api.train``
   into a temporary folder (``--epochs`` overrides ``train.epochs``): seconds per epoch (the trainer's
-  training time over its epochs, evaluation included), best validation score, test score at it.
+  training time over its epochs, evaluation included), this process's CPU seconds per epoch over the
+  whole run (data loading included), best validation score, test score at it.
 
     python benchmarks/bench_precision.py                               # quickstart + RevGNN quickstart
     python benchmarks/bench_precision.py --precisions fp32 bf16 --epochs 5 --repeats 3
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -63,8 +67,11 @@ def _config(recipe: str, precision: str, device: str, root: str, out: str, epoch
     return load_config(path, [*parts[1:], *extra])
 
 
-def measure_step(cfg, repeats: int, cache: dict) -> dict:
-    """One training step of ``cfg``'s model in ``cfg.train.precision`` (see the module docstring)."""
+def measure_steps(cfgs: dict, repeats: int, cache: dict) -> dict:
+    """One training step of the recipe's model in each precision of ``cfgs`` (``{precision: config}``, the
+    configs differing only in ``train.precision``), on the same weights and subgraph. The precisions take
+    turns within every repeat, so a change in the machine's load hits them alike (see the module docstring)."""
+    cfg = next(iter(cfgs.values()))
     device = resolve_device(cfg.train.device)
     key = (cfg.data.name, cfg.data.root, cfg.data.num_nodes, cfg.data.seed)
     if key not in cache:
@@ -84,29 +91,33 @@ def measure_step(cfg, repeats: int, cache: dict) -> dict:
     mask = train_mask[sub.node_ids].to(device)
     y = data.y[sub.node_ids].to(device)[mask]
     loss_of = loss_fn(data.task)
-    prec = Precision(cfg.train.precision, device)
-    times, saved, loss, grad = [], 0, float("nan"), None
-    for r in range(repeats + 1):  # the first step warms up (allocator, autocast weight cache, kernels)
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(cfg.train.seed + 1)  # the same dropout draw in every precision
-        t0 = time.perf_counter()
-        with count_saved_bytes(exclude=model) as counter:
-            with prec.autocast():
-                out = model(x, ei, ea)
-        step_loss = loss_of(out.float()[mask], y)
-        prec.scale(step_loss).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r:
-            times.append(time.perf_counter() - t0)
-        saved, loss = counter.total, float(step_loss.detach())
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten()
-                          for p in model.parameters()])
-        if prec.scaler is not None:
-            grad = grad / prec.scaler.get_scale()
-    return {"step_seconds": statistics.median(times), "saved_bytes": saved, "step_loss": loss,
-            "step_nodes": int(sub.node_ids.numel()), "step_edges": int(ei.size(1)), "grad": grad,
-            "out_dtype": str(out.dtype).replace("torch.", "")}
+    precs = {name: Precision(c.train.precision, device) for name, c in cfgs.items()}
+    out_rows = {name: {"wall": [], "cpu": []} for name in cfgs}
+    for r in range(repeats + 1):  # repeat 0 warms up (allocator, autocast weight cache, kernels)
+        for name, prec in precs.items():
+            row = out_rows[name]
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(cfg.train.seed + 1)  # the same dropout draw in every precision
+            t0, c0 = time.perf_counter(), time.process_time()
+            with count_saved_bytes(exclude=model) as counter:
+                with prec.autocast():
+                    out = model(x, ei, ea)
+            step_loss = loss_of(out.float()[mask], y)
+            prec.scale(step_loss).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r:
+                row["wall"].append(time.perf_counter() - t0)
+                row["cpu"].append(time.process_time() - c0)
+            grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten()
+                              for p in model.parameters()])
+            if prec.scaler is not None:
+                grad = grad / prec.scaler.get_scale()
+            row.update(saved=counter.total, loss=float(step_loss.detach()), grad=grad, dtype=out.dtype)
+    return {name: {"step_seconds": statistics.median(r["wall"]), "step_cpu_seconds": statistics.median(r["cpu"]),
+                   "saved_bytes": r["saved"], "step_loss": r["loss"], "step_nodes": int(sub.node_ids.numel()),
+                   "step_edges": int(ei.size(1)), "grad": r["grad"], "out_dtype": str(r["dtype"]).replace("torch.", "")}
+            for name, r in out_rows.items()}
 
 
 def main(argv=None) -> int:
@@ -150,31 +161,35 @@ def main(argv=None) -> int:
             for recipe in args.recipes:
                 _config(recipe, "fp32", str(device), root, work, args.epochs)  # a bad recipe fails before measuring
             for recipe in args.recipes:
-                base = None
-                for prec in precisions:
-                    out = tempfile.mkdtemp(prefix="run-", dir=work)
-                    cfg = _config(recipe, prec, str(device), root, out, args.epochs)
-                    step = measure_step(cfg, args.repeats, cache)
+                cfgs = {prec: _config(recipe, prec, str(device), root, tempfile.mkdtemp(prefix="run-", dir=work),
+                                      args.epochs) for prec in precisions}
+                steps = measure_steps(cfgs, args.repeats, cache)
+                base = steps["fp32"]
+                for prec, cfg in cfgs.items():
+                    step = dict(steps[prec])
                     grad = step.pop("grad")
-                    if base is None:
-                        base = {"grad": grad, "step_seconds": step["step_seconds"], "saved_bytes": step["saved_bytes"]}
                     row = {"recipe": recipe, "precision": prec, "model": cfg.model.name, **step,
                            "step_time_vs_fp32": step["step_seconds"] / base["step_seconds"],
+                           "step_cpu_vs_fp32": step["step_cpu_seconds"] / base["step_cpu_seconds"],
                            "saved_bytes_vs_fp32": step["saved_bytes"] / max(base["saved_bytes"], 1),
                            "grad_rel_diff_vs_fp32": float((grad - base["grad"]).norm() / base["grad"].norm())}
                     if not args.no_train:
+                        before = resource.getrusage(resource.RUSAGE_SELF)
                         res = api.train(cfg)
+                        after = resource.getrusage(resource.RUSAGE_SELF)
+                        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                         row.update({"metric": res["metric"], "best_valid": res["best_valid"],
                                     "test_at_best_valid": res["test_at_best_valid"], "epochs": res["epochs"],
-                                    "epoch_seconds": res["seconds"] / max(res["epochs"], 1)})
+                                    "epoch_seconds": res["seconds"] / max(res["epochs"], 1),
+                                    "run_cpu_seconds_per_epoch": cpu / max(res["epochs"], 1)})
                     row["device"] = str(device)
                     rows.append(row)
                     extra = "" if args.no_train else (f", {row['metric']} valid {row['best_valid']:.4f} test "
                                                       f"{row['test_at_best_valid']:.4f}, {row['epoch_seconds']:.2f} "
-                                                      f"s/epoch")
-                    print(f"{recipe} {prec}: step {row['step_seconds'] * 1e3:.0f} ms, saved {row['saved_bytes'] / 2**20:.1f}"
-                          f" MiB ({row['saved_bytes_vs_fp32']:.2f}x fp32), grad diff {row['grad_rel_diff_vs_fp32']:.3g}"
-                          f"{extra}", flush=True)
+                                                      f"s/epoch ({row['run_cpu_seconds_per_epoch']:.2f} CPU s)")
+                    print(f"{recipe} {prec}: step {row['step_seconds'] * 1e3:.0f} ms ({row['step_cpu_seconds'] * 1e3:.0f} "
+                          f"ms CPU), saved {row['saved_bytes'] / 2**20:.1f} MiB ({row['saved_bytes_vs_fp32']:.2f}x fp32), "
+                          f"grad diff {row['grad_rel_diff_vs_fp32']:.3g}{extra}", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         cmd = "python benchmarks/bench_precision.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
