@@ -30,6 +30,7 @@ What the ``Data`` must hold (each problem is a :class:`DataError` naming the fie
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
@@ -76,6 +77,17 @@ def _safe_globals() -> list:
             NodeStorage, EdgeStorage]
 
 
+@contextlib.contextmanager
+def _pyg_classes_allowed():
+    """Allow PyG's data classes in ``torch.load(weights_only=True)`` for the block. ``safe_globals``
+    *removes* its list on exit, and PyG allow-lists ``Data`` and ``HeteroData`` process-wide at import
+    (which ogb's loading relies on): pass it only the classes not already allowed, so that leaving the
+    block restores the allow-list as it was."""
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([g for g in _safe_globals() if g not in allowed]):
+        yield
+
+
 def _describe(obj) -> str:
     if isinstance(obj, dict):
         keys = ", ".join(map(str, list(obj)[:8])) + (", ..." if len(obj) > 8 else "")
@@ -98,7 +110,7 @@ def load_pyg_file(path: str):
     if not os.path.isfile(path):
         raise DataError(f"data.path={path!r}: no such file (expected a torch.save'd torch_geometric.data.Data)")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with _pyg_classes_allowed():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise DataError(f"data.path={path!r} cannot be read: {exc.strerror or exc}") from None
@@ -147,7 +159,7 @@ def load_dataset_class(spec: str, root: str):
     try:
         # PyG reloads its processed file with torch.load(weights_only=True) and, when a class is not
         # allow-listed, retries without it: allow-list its data classes so the safe load succeeds
-        with torch.serialization.safe_globals(_safe_globals()):
+        with _pyg_classes_allowed():
             ds = cls(root=root)
     except Exception as exc:  # a download attempted offline, a missing raw file, a bad argument
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""

@@ -247,3 +247,13 @@ def test_dataset_class_errors(user_module, tmp_path):
         load_dataset_class(f"{name}:TwoGraphs", root)
     with pytest.raises(DataError, match="OneGraph\\(root=.*\\) failed \\(RuntimeError: no internet here\\)"):
         load_dataset_class(f"{name}:OneGraph", str(tmp_path / "empty-root"))
+
+
+def test_loading_leaves_the_process_allow_list_as_it_was(tmp_path):
+    """PyG allow-lists Data process-wide at import and ogb's loader relies on it; torch's safe_globals
+    removes its list on exit, so reading a user file must not take Data off the list."""
+    before = list(torch.serialization.get_safe_globals())
+    assert Data in before
+    torch.save(_data(), tmp_path / "g.pt")
+    load_pyg_file(str(tmp_path / "g.pt"))
+    assert torch.serialization.get_safe_globals() == before

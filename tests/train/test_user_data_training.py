@@ -65,7 +65,9 @@ def test_pyg_file_with_every_sampler(graph_file, tmp_path, sampler):
 def test_trainer_takes_a_data_object(tmp_path):
     cfg = load_config(None, [*COMMON, "sampler.name=full", "model.name=gcn", "train.epochs=30", "train.lr=0.05",
                              f"log.out={tmp_path / 'run'}", f"data.root={tmp_path / 'root'}"])
-    res = Trainer(cfg, data=_graph()).run()
+    import graphscale.train
+    assert graphscale.train.Trainer is Trainer  # the documented spelling
+    res = graphscale.train.Trainer(cfg, data=_graph()).run()
     assert res["dataset"] == "pyg" and res["config"]["data"]["name"] == "pyg" and res["config"]["data"]["path"] == ""
     assert res["best_valid"] > 0.6  # the planted signal is learnt (chance is 1/3)
     # the same graph through a file gives the same run
