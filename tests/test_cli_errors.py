@@ -34,6 +34,24 @@ def _yaml(tmp, text):
     return str(p)
 
 
+def _data_file(tmp, obj=None, **drop):
+    """A small torch_geometric Data saved to a file (or ``obj`` instead); ``drop`` / change fields."""
+    from torch_geometric.data import Data
+    if obj is None:
+        fields = dict(x=torch.randn(6, 3), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]),
+                      y=torch.tensor([0, 1, 0, 1, 0, 1]), split={"train": torch.tensor([0, 1]),
+                                                                 "valid": torch.tensor([2, 3]), "test": torch.tensor([4, 5])})
+        fields.update(drop)
+        obj = Data(**{k: v for k, v in fields.items() if v is not None})
+    path = tmp / "graph.pt"
+    torch.save(obj, path)
+    return f"data.path={path}"
+
+
+USER = ["data.name=pyg", "model.hidden_channels=8", "sampler.name=full", "model.name=gcn", "train.epochs=1",
+        "log.progress=false", "train.device=cpu"]
+
+
 def _under_a_file(tmp):
     f = tmp / "a-file"
     f.write_text("x")
@@ -97,6 +115,24 @@ CASES = [
     ("synth-root-under-a-file", lambda t: ["data", "synth", "--root", _under_a_file(t)],
      "cannot write the synthetic data set under"),
     ("bad-like", lambda t: ["train", *TINY, "data.like=ogbn-papers100m"], "'ogbn-papers100m' is not one of"),
+    # the user's own graph (docs/user-data.md): named file, field and value, before training
+    ("pyg-no-file", lambda t: ["train", *USER, f"data.path={t / 'missing.pt'}"], "missing.pt': no such file"),
+    ("pyg-not-a-data", lambda t: ["train", *USER, _data_file(t, obj={"x": torch.ones(2)})],
+     "graph.pt' holds a dict (keys: x), not a torch_geometric.data.Data"),
+    ("pyg-missing-y", lambda t: ["train", *USER, _data_file(t, y=None)], "the Data has no 'y'"),
+    ("pyg-label-negative", lambda t: ["train", *USER, _data_file(t, y=torch.tensor([0, -3, 0, 1, 0, 1]))],
+     "y is negative (-3) at node 1"),
+    ("pyg-edge-out-of-range", lambda t: ["train", *USER, _data_file(t, edge_index=torch.tensor([[0, 1], [1, 6]]))],
+     "edge_index holds node ids in [0, 6], expected [0, 5]"),
+    ("pyg-without-path", lambda t: ["train", *USER], "data.name=pyg needs data.path=FILE"),
+    ("path-with-cora", lambda t: ["train", *TINY, "data.path=x.pt"], "data.path is set"),
+    ("class-not-importable", lambda t: ["train", *USER[1:], "data.name=no_such_module_gs:Graphs"],
+     "cannot import module 'no_such_module_gs'"),
+    # train.precision (docs/precision.md): a precision the device cannot run, or a mode that has none
+    ("fp16-on-cpu", lambda t: ["train", *TINY, "train.precision=fp16"], "fp16 autocast needs CUDA"),
+    ("precision-layerwise", lambda t: ["train", "train.mode=layerwise", "model.name=lgcn", "train.precision=bf16",
+                                       "train.device=cpu"], "train.precision is set"),
+    ("precision-unknown", lambda t: ["train", *TINY, "train.precision=fp8"], "'fp8' is not one of"),
     # graphscale bench memory-depth: bad depths are named before anything is measured or written
     ("bench-empty-depths", lambda t: ["bench", "memory-depth", "--depths", "", "--models", "reversible", "--out",
                                       str(t / "b")], "--depths ''"),

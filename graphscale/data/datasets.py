@@ -162,6 +162,9 @@ def load_dataset(name: str, root: str, *, synthetic: SyntheticSpec | None = None
         root: folder holding (or receiving) the data set.
         synthetic: the shape of a ``synthetic-*`` set (its ``kind`` is taken from ``name``).
         node_feat_aggr: ``'sum'`` or ``'mean'`` of edge features into proteins' node features.
+
+    The user's own graphs (``pyg``, ``MODULE:CLASS``) load through
+    :func:`graphscale.data.user_data.load_user_dataset`.
     """
     if name in PLANETOID:
         return _planetoid(name, root).validate()
@@ -181,4 +184,5 @@ def load_dataset(name: str, root: str, *, synthetic: SyntheticSpec | None = None
     import difflib
     close = difflib.get_close_matches(name, DATASETS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise DataError(f"unknown data set {name!r}{hint}; expected one of {', '.join(DATASETS)}")
+    raise DataError(f"unknown data set {name!r}{hint}; expected one of {', '.join(DATASETS)}, pyg (with data.path) "
+                    f"or MODULE:CLASS (docs/user-data.md)")

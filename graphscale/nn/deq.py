@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from graphscale.errors import ConfigError, TrainingError
 from graphscale.saved_bytes import report_ctx
-from graphscale.nn.reversible import SeededRNG, check_reversible_module
+from graphscale.nn.reversible import SeededRNG, autocast_state, check_reversible_module
 from graphscale.nn.solvers import SolverResult, get_solver
 
 __all__ = ["DEQBlock", "DEQConvergenceWarning"]
@@ -172,6 +172,7 @@ class _DEQFunction(torch.autograd.Function):
         z_star = meta.z_star
         meta.z_star = None
         ctx.meta = meta
+        ctx.autocast = autocast_state(x.device.type)
         ctx.z = z_star.detach()  # an alias of the output, not a copy
         ctx.x = x.detach()
         ctx.args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
@@ -183,7 +184,7 @@ class _DEQFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         meta: _DEQMeta = ctx.meta
         block = meta.block
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(**ctx.autocast):  # f as the forward ran it (train.precision)
             z = ctx.z.clone().requires_grad_(True)
             x = ctx.x.clone().requires_grad_(ctx.need[0])
             args = [a.clone().requires_grad_(True) if need else a for a, need in zip(ctx.args, ctx.need[1:])]

@@ -65,6 +65,14 @@ def _seed_for(seed: int, block: int, group: int) -> int:
     return (seed * 1_000_003 + block * 65_537 + group + 1) % _SEED_MOD
 
 
+def autocast_state(device_type: str) -> dict:
+    """The caller's ``torch.autocast`` settings for ``device_type``, to re-enter them in a backward
+    that recomputes the forward (autocast is off during backward; torch.utils.checkpoint does the same):
+    a bf16 forward must be recomputed in bf16, or reconstruction and gradients would not match it."""
+    return {"device_type": device_type, "enabled": torch.is_autocast_enabled(device_type),
+            "dtype": torch.get_autocast_dtype(device_type), "cache_enabled": torch.is_autocast_cache_enabled()}
+
+
 class SeededRNG:
     """Context: run under a fixed seed, restoring the caller's RNG state afterwards.
 
@@ -331,6 +339,7 @@ class _RevStackFunction(torch.autograd.Function):
         if freed:
             x.untyped_storage().resize_(0)
         ctx.meta = meta
+        ctx.autocast = autocast_state(x.device.type)
         ctx.x = x if freed else None  # the (empty) input, refilled with its reconstruction in backward
         ctx.x_shape = x.shape
         # a detached alias of the output: no grad_fn, hence no ctx -> output -> grad_fn -> ctx cycle
@@ -347,7 +356,7 @@ class _RevStackFunction(torch.autograd.Function):
         if ctx.y is None:
             # a repeated backward (retain_graph=True): the first one released the output; recompute it
             # from the input it reconstructed (one extra no-grad forward, only on this path)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(**ctx.autocast):
                 y = ctx.x_rec
                 for i, b in enumerate(meta.blocks):
                     y = b.forward_math(y, meta.edge_index, ctx.args, meta.seed, i, meta.devices)
@@ -363,10 +372,11 @@ class _RevStackFunction(torch.autograd.Function):
         pgrads = _FlatGrads(meta.params)
         agrads: list[Tensor | None] = [None] * len(ctx.args)
         own = False  # the stack's output and its incoming gradient are not ours to overwrite
-        for i in range(len(meta.blocks) - 1, -1, -1):
-            y, grad_y = _block_backward(meta.blocks[i], i, y, grad_y, meta, ctx.args, ctx.args_need_grad,
-                                        pindex, pgrads, agrads, own)
-            own = True
+        with torch.autocast(**ctx.autocast):  # recompute under the forward's autocast (train.precision=bf16)
+            for i in range(len(meta.blocks) - 1, -1, -1):
+                y, grad_y = _block_backward(meta.blocks[i], i, y, grad_y, meta, ctx.args, ctx.args_need_grad,
+                                            pindex, pgrads, agrads, own)
+                own = True
         if ctx.x is not None:  # give the freed input its storage back, filled with the reconstruction
             x = ctx.x
             x.untyped_storage().resize_(y.numel() * y.element_size())

@@ -76,6 +76,8 @@ def _check_edge(adj: CSR, name: str, v: Tensor | None, x: Tensor, dim: int) -> T
         return None
     if not isinstance(v, Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(v).__name__}")
+    if v.dtype != x.dtype and v.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        v = v.to(x.dtype)  # autocast (train.precision=bf16) mixes dtypes by design: aggregate in x's
     if v.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {v.dtype} but x has {x.dtype}; cast one of them")
     want = (adj.num_edges,) if dim == 1 else (adj.num_edges, x.size(1))

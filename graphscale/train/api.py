@@ -6,10 +6,12 @@ on :mod:`graphscale.train.run`'s lifecycle and write the same files.
 """
 from __future__ import annotations
 
+from graphscale.errors import ConfigError
 from graphscale.train.build import check_sampler_config
 from graphscale.train.config import Config
 from graphscale.train.layerwise import check_layerwise_config
 from graphscale.train.partitioned import resolve_store_config
+from graphscale.train.precision import check_precision_config
 from graphscale.train.run import check_common
 from graphscale.train.schema import check_used_keys
 
@@ -23,13 +25,20 @@ def check(cfg: Config) -> None:
         check_layerwise_config(cfg)
     else:
         check_sampler_config(cfg)
+        check_precision_config(cfg)
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train from a resolved config and return the results dict (also written to ``results.json``)."""
+def train(cfg: Config, resume: bool = False, data=None) -> dict:
+    """Train from a resolved config and return the results dict (also written to ``results.json``).
+
+    ``data``: a :class:`torch_geometric.data.Data` to train on instead of ``cfg.data`` (standard mode;
+    for ``train.mode=layerwise`` save it and use ``data.name=pyg data.path=FILE``)."""
     resolve_store_config(cfg)
     if cfg.train.mode == "layerwise":
+        if data is not None:
+            raise ConfigError("train(cfg, data=...) trains train.mode=standard; for train.mode=layerwise save the "
+                              "Data (torch.save(data, FILE)) and set data.name=pyg data.path=FILE", key="train.mode")
         from graphscale.train.layerwise_trainer import LayerwiseTrainer
         return LayerwiseTrainer(cfg, resume=resume).run()
     from graphscale.train.trainer import Trainer
-    return Trainer(cfg, resume=resume).run()
+    return Trainer(cfg, resume=resume, data=data).run()

@@ -39,8 +39,12 @@ class DataConfig:
     """Which data set, where, and (for synthetic sets) its shape."""
 
     name: str = _doc("synthetic-proteins", "ogbn-proteins | ogbn-arxiv | ogbn-products | cora | citeseer "
-                     "| synthetic-proteins | synthetic-arxiv | synthetic-products")
+                     "| synthetic-proteins | synthetic-arxiv | synthetic-products | pyg (a Data file, data.path) "
+                     "| MODULE:CLASS (an InMemoryDataset class, built under data.root)")
     root: str = _doc("data", "folder holding the data set (downloaded or generated there)")
+    # The user's own graph (graphscale.data.user_data, docs/user-data.md).
+    path: str = _doc("", "data.name=pyg: the file holding a torch.save'd torch_geometric Data (x, edge_index, y, "
+                     "a split, optional edge_attr)")
     # Synthetic sets only: written once (seeded) in OGB's raw layout, then read back through ogb.
     # null = the generator's default for the kind (or the published shape with `like`).
     like: Union[str, None] = _choice(None, "ogbn-proteins", "ogbn-arxiv", "ogbn-products",
@@ -156,6 +160,9 @@ class TrainConfig:
     eval_every: int = _doc(1, "evaluate every N epochs (and at the last)")
     checkpoint_every: int = _doc(1, "write a checkpoint every N epochs (and at the last)")
     patience: int = _doc(0, "stop after N evaluations without a better validation score (0 = off)")
+    precision: str = _choice("fp32", "fp32", "bf16", "fp16", doc="standard mode: fp32, or mixed precision: the "
+                             "forward under torch.autocast in bf16 (CPU, recent GPUs) or fp16 (CUDA only, with "
+                             "loss scaling); see docs/precision.md")
     # Multi-process data parallel (torchrun / --nproc; graphscale.train.distributed, docs/distributed.md).
     grad_accum: int = _doc(1, "sampler steps per optimiser step, gradients averaged (global batch = "
                            "nproc x grad_accum steps)")

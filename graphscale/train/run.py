@@ -33,6 +33,7 @@ import yaml
 from graphscale.atomic import save_json, save_text, save_torch
 from graphscale.data import SyntheticSpec, load_dataset
 from graphscale.data.datasets import NodeDataset
+from graphscale.data.user_data import check_user_source, is_user_dataset, load_user_dataset
 from graphscale.errors import ConfigError, GraphscaleError
 from graphscale.train import distributed
 from graphscale.train.config import Config, to_dict
@@ -73,6 +74,8 @@ def check_common(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
     resolve_device(t.device)
+    if not getattr(cfg, "_given_data", False):  # Trainer(cfg, data=...) brings its own graph
+        check_user_source(cfg.data.name, cfg.data.path)
 
 
 def load_data(cfg: Config) -> NodeDataset:
@@ -82,7 +85,28 @@ def load_data(cfg: Config) -> NodeDataset:
                          num_features=d.num_features, num_classes=d.num_classes, seed=d.seed,
                          p_intra=d.p_intra, feature_noise=d.feature_noise, like=d.like, scale=d.scale,
                          num_edges=d.num_edges)
+    if is_user_dataset(d.name):  # data.name=pyg (data.path) or MODULE:CLASS (docs/user-data.md)
+        return load_user_dataset(d.name, os.path.expanduser(d.root), d.path)
     return load_dataset(d.name, os.path.expanduser(d.root), synthetic=spec, node_feat_aggr=d.node_feat_aggr)
+
+
+def config_for_data(cfg: Config) -> Config:
+    """The config of a run on a ``Data`` passed in Python (``Trainer(cfg, data=...)``): a copy with
+    ``data.name=pyg`` and ``data.path=''`` (recorded so in ``results.json``; an empty path = given in Python).
+    A ``data.name`` other than ``pyg`` or a ``data.path`` set explicitly would be ignored: an error."""
+    import dataclasses
+
+    from graphscale.train.config import explicit_keys
+    explicit = explicit_keys(cfg)
+    for key in ("data.name", "data.path", "data.partitions"):
+        if key in explicit and not (key == "data.name" and cfg.data.name == "pyg"):
+            where = f" ({explicit[key]})" if explicit[key] else ""
+            raise ConfigError(f"{key} is set{where} but the graph is the Data passed in Python (data=...); remove "
+                              f"{key}", key=key)
+    out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name="pyg", path=""))
+    object.__setattr__(out, "_sources", explicit)
+    object.__setattr__(out, "_given_data", True)
+    return out
 
 
 def resolve_device(name: str) -> torch.device:

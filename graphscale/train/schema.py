@@ -25,7 +25,7 @@ _ALWAYS = {
 }
 _SYNTHETIC = ("like", "scale", "num_nodes", "num_edges", "avg_degree", "num_communities", "p_intra", "seed")
 _SYNTHETIC_FEATURES = ("num_features", "num_classes", "feature_noise")
-_STANDARD_TRAIN = ("epochs", "checkpoint_every", "patience", "grad_accum")
+_STANDARD_TRAIN = ("epochs", "checkpoint_every", "patience", "grad_accum", "precision")
 _LAYERWISE_TRAIN = ("layer_epochs", "batch_size", "storage", "storage_dir", "controller")
 _L2O_TRAIN = ("controller_path", "l2o_rounds", "l2o_sample_nodes", "l2o_min_epochs", "l2o_decision_step",
               "l2o_threshold", "l2o_time_ratio", "l2o_lr", "l2o_hidden")
@@ -50,6 +50,8 @@ def used_keys(cfg: Config) -> dict[str, dict[str, str]]:
         add("data", _SYNTHETIC, f"data.name={d.name}")
         if d.name != "synthetic-proteins":
             add("data", _SYNTHETIC_FEATURES, f"data.name={d.name}")
+    if d.name == "pyg":
+        add("data", ("path",), "data.name=pyg")
     if d.name.endswith("proteins"):
         add("data", ("node_feat_aggr",), f"data.name={d.name}")
     if d.partitions:
@@ -137,5 +139,5 @@ def usage_table() -> str:
                  f" (+ powersgd_rank, powersgd_start_iter with comm_hook=powersgd)")
     lines.append("data.partitions (a store): data.store_verify; sampler.name=cluster or random, sampler.eval_name=parts")
     lines.append(f"data.name=synthetic-*: {', '.join(_SYNTHETIC)} (+ {', '.join(_SYNTHETIC_FEATURES)} except "
-                 f"synthetic-proteins); *proteins: node_feat_aggr")
+                 f"synthetic-proteins); *proteins: node_feat_aggr; pyg: path")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from graphscale.data.user_data import node_dataset_from_data
 from graphscale.errors import ConfigError, TrainingError
 from graphscale.sampling.neighbor import NeighborBatch, NeighborSampler
 from graphscale.sampling.partition import check_num_parts, partition
@@ -38,7 +39,8 @@ from graphscale.train.config import Config
 from graphscale.train.metrics import Metric, loss_fn
 from graphscale.train.partitioned import (build_store_sampler, evaluate_store, open_rank_data,
                                           resolve_store_config)
-from graphscale.train.run import Run, load_data, new_best
+from graphscale.train.precision import Precision, check_precision_config
+from graphscale.train.run import Run, config_for_data, load_data, new_best
 
 
 def epoch_line(epoch: int, epochs: int, row: dict, metric: str, best: dict, seconds: float) -> str:
@@ -57,14 +59,21 @@ class Trainer:
         cfg: the resolved :class:`~graphscale.train.config.Config`.
         resume: continue from ``<log.out>/checkpoint.pt``. Without it, an output folder that already
             holds a checkpoint is an error (nothing is overwritten silently).
+        data: a :class:`torch_geometric.data.Data` to train on instead of ``cfg.data`` (checked first,
+            see :mod:`graphscale.data.user_data`); the run records ``data.name=pyg``, ``data.path=''``.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, data=None):
+        self._given = None
+        if data is not None:  # the user's own graph, checked before the run starts (graphscale.data.user_data)
+            cfg = config_for_data(cfg)
+            self._given = node_dataset_from_data(data, name="pyg", where="Trainer(data=...)")
         self.cfg, self.resume = cfg, resume
         resolve_store_config(cfg)  # data.partitions: the data set, parts and evaluation come from the store
-        self.run_ctx = run = Run(cfg, resume, checks=(check_sampler_config,))
+        self.run_ctx = run = Run(cfg, resume, checks=(check_sampler_config, check_precision_config))
         self.rank, self.world_size, self.is_main = run.rank, run.world_size, run.is_main
         self.device, self.dir, self.out = run.device, run.dir, cfg.log.out
+        self.precision = Precision(cfg.train.precision, run.device)  # train.precision: autocast, loss scaling
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -72,6 +81,8 @@ class Trainer:
         store = bool(cfg.data.partitions)
         if store:  # only this rank's parts of a partitioned store (graphscale.train.partitioned)
             self.data = data = open_rank_data(cfg, self.rank, self.world_size)
+        elif self._given is not None:
+            self.data = data = self._given
         else:
             with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
                 self.data = data = load_data(cfg)
@@ -127,6 +138,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _forward(self, sub: Subgraph, model=None) -> torch.Tensor:
+        with self.precision.autocast():  # train.precision=bf16/fp16; nothing for fp32
+            out = self._model_forward(sub, model)
+        return out.float()  # loss and metrics in fp32 (a no-op for fp32 logits)
+
+    def _model_forward(self, sub: Subgraph, model=None) -> torch.Tensor:
         model = self.model if model is None else model  # the DDP wrapper when training distributed
         dev = self.device
         x = self.x[sub.node_ids.to(dev)]
@@ -178,11 +194,12 @@ class Trainer:
                     where = f" on rank {self.rank}" if world > 1 else ""
                     raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, step {step}{where}: training "
                                         f"diverged (try a lower train.lr={self.cfg.train.lr}, or train.grad_clip)")
-                (loss / accum if accum > 1 else loss).backward()
+                self.precision.scale(loss / accum if accum > 1 else loss).backward()
             if last:
                 if self.cfg.train.grad_clip > 0:
+                    self.precision.unscale_(self.optimizer)  # fp16: clip the true gradients, not the scaled
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-                self.optimizer.step()
+                self.precision.step(self.optimizer)
             n = int(mask.sum())
             total, count = total + loss.detach().item() * n, count + n
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
@@ -240,7 +257,8 @@ class Trainer:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "history": history, "best": best, "elapsed": elapsed, "bad_evals": bad_evals,
                 "config": self.run_ctx.resolved, "finished": finished,
-                "peak_memory_bytes": self.run_ctx.peak_memory(self._ckpt)}
+                "peak_memory_bytes": self.run_ctx.peak_memory(self._ckpt),
+                "grad_scaler": self.precision.state_dict()}
 
     def _comm_state(self) -> dict | None:
         """Every rank's communication-hook state (error-feedback residuals differ per rank), gathered
@@ -288,6 +306,7 @@ class Trainer:
     def _restore(self, ckpt: dict, loop: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.precision.load_state_dict(ckpt.get("grad_scaler"))
         loop.update(start=ckpt["epoch"] + 1, history=ckpt["history"], best=ckpt["best"], elapsed=ckpt["elapsed"],
                     bad_evals=ckpt["bad_evals"])
         self._load_comm_state(ckpt.get("comm_state"))
