@@ -66,7 +66,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
-        with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
+        # local rank 0 of each node (train.data_prep=node) or rank 0 (job) writes / downloads the data set first
+        with distributed.prep_first(cfg.train.data_prep, os.path.expanduser(cfg.data.root)):
             self.data = data = load_data(cfg)
         if cfg.sampler.name not in ("full", "neighbor"):
             check_num_parts(cfg.sampler.num_parts, data.num_nodes)
@@ -92,7 +93,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
-        with distributed.main_first():  # rank 0 computes and caches the partition, the others read it
+        with distributed.prep_first(cfg.train.data_prep):  # the same rank(s) compute and cache the partition first
             self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache,
                                          train_mask=self.train_mask)
         self.cache_dir = cache
