@@ -20,6 +20,8 @@ _COMMANDS = {
     "bench": "graphscale.bench.cli",
     "gntk": "graphscale.gntk.cli",
 }
+# command -> modules of upper layers that add actions to it (add_parser(the command's subparsers))
+_ACTIONS = {"data": ("graphscale.train.store_cli",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,14 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"graphscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _COMMANDS.values():
+    for name, module in _COMMANDS.items():
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name == module:  # sub-command not built yet
                 continue
             raise
-        mod.add_parser(sub)
+        if name in _ACTIONS:
+            mod.add_parser(sub, actions=[importlib.import_module(m) for m in _ACTIONS[name]])
+        else:
+            mod.add_parser(sub)
     return parser
 
 

@@ -40,6 +40,20 @@ def _under_a_file(tmp):
     return str(f / "out")
 
 
+def _non_empty(tmp):
+    d = tmp / "full"
+    d.mkdir()
+    (d / "something").write_text("x")
+    return str(d)
+
+
+def _old_store(tmp):
+    d = tmp / "old-store"
+    d.mkdir()
+    (d / "meta.json").write_text('{"format": "graphscale-partitioned-store", "version": 99}')
+    return str(d)
+
+
 # (id, setup(tmp) -> argv after "graphscale", text that must appear in stderr)
 CASES = [
     ("override-not-a-number", lambda t: ["train", *TINY, "train.lr=abc"], "'abc'"),
@@ -90,6 +104,24 @@ CASES = [
     ("gntk-out-under-a-file", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--out",
                                          _under_a_file(t) + ".npy"], "a-file"),
     ("gntk-layers-0", lambda t: ["gntk", "--dataset", "MUTAG", "--data", str(t), "--layers", "0"], "--layers"),
+    # graphscale data partition / data.partitions (issue 19): options and stores checked before training
+    ("partition-parts-0", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "0", "--out",
+                                     str(t / "s")], "--parts 0"),
+    ("partition-bad-method", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2",
+                                        "--method", "metiss", "--out", str(t / "s")], "'metiss'"),
+    ("partition-halo-2", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2", "--halo",
+                                    "2", "--out", str(t / "s")], "--halo 2"),
+    ("partition-out-not-empty", lambda t: ["data", "partition", _yaml(t, "data:\n  name: cora\n"), "--parts", "2",
+                                           "--out", _non_empty(t)], "is not empty; pass --overwrite"),
+    ("partition-parts-over-n", lambda t: ["data", "partition", _yaml(t, "data:\n  name: synthetic-proteins\n"),
+                                          *TINY[:4], f"data.root={t}", "--parts", "100000", "--out", str(t / "s")],
+     "larger than the number of nodes (300)"),
+    ("store-missing", lambda t: ["train", *TINY, "sampler.name=cluster", f"data.partitions={t}/nowhere"],
+     "nowhere' does not exist"),
+    ("store-other-version", lambda t: ["train", *TINY, "sampler.name=cluster", f"data.partitions={_old_store(t)}"],
+     "format version 99"),
+    ("store-with-full-sampler", lambda t: ["train", *TINY, "sampler.name=full", f"data.partitions={t}"],
+     "sampler.name=full"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""``graphscale data synth|info``."""
+"""``graphscale data synth|info`` (and ``partition``, added from :mod:`graphscale.train.store_cli`)."""
 from __future__ import annotations
 
 import argparse
@@ -42,10 +42,12 @@ def _add_shape_args(p: argparse.ArgumentParser) -> None:
                    help="generator seed: the same options and seed write byte-identical files (default 0)")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, actions=()) -> None:
+    """``actions``: modules of upper layers with ``add_parser(data_subparsers)`` adding more actions
+    (``partition``, :mod:`graphscale.train.store_cli`), passed in by :mod:`graphscale.cli`."""
     from graphscale.data.published import describe
 
-    p = subparsers.add_parser("data", help="write synthetic OGB-format data sets, inspect data sets")
+    p = subparsers.add_parser("data", help="write synthetic OGB-format data sets, inspect data sets, partition them into a store")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
 
     s = sub.add_parser(
@@ -76,6 +78,8 @@ def add_parser(subparsers) -> None:
     i.add_argument("--root", default="data", help="folder holding the data set's folder (default: data)")
     _add_shape_args(i)
     i.set_defaults(func=_info)
+    for action in actions:
+        action.add_parser(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from graphscale.train.build import check_sampler_config
 from graphscale.train.config import Config
 from graphscale.train.layerwise import check_layerwise_config
+from graphscale.train.partitioned import resolve_store_config
 from graphscale.train.run import check_common
 from graphscale.train.schema import check_used_keys
 
 
 def check(cfg: Config) -> None:
     """Every check that needs no data, no process group and no files: ranges, unused keys, mode options."""
+    resolve_store_config(cfg)  # data.partitions: reads the store's meta.json, fills and checks the config
     check_common(cfg)
     check_used_keys(cfg)
     if cfg.train.mode == "layerwise":
@@ -25,6 +27,7 @@ def check(cfg: Config) -> None:
 
 def train(cfg: Config, resume: bool = False) -> dict:
     """Train from a resolved config and return the results dict (also written to ``results.json``)."""
+    resolve_store_config(cfg)
     if cfg.train.mode == "layerwise":
         from graphscale.train.layerwise_trainer import LayerwiseTrainer
         return LayerwiseTrainer(cfg, resume=resume).run()

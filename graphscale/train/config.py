@@ -62,6 +62,12 @@ class DataConfig:
     seed: int = _doc(0, "synthetic: generator seed")
     # ogbn-proteins (and its synthetic twin): node features are aggregated edge features.
     node_feat_aggr: str = _choice("sum", "sum", "mean", doc="proteins: how edge features become node features")
+    # A partitioned store (graphscale data partition; docs/partitioned.md): each rank opens only its parts.
+    partitions: Union[str, None] = _doc(None, "folder of a partitioned store written by 'graphscale data partition'; "
+                                        "the data set, its shape and the partition come from its meta.json "
+                                        "(null = load the whole data set in every process)")
+    store_verify: str = _choice("sha256", "sha256", "size", doc="partitions: check each opened part file's byte "
+                                "size and .npy header (size) and also its sha256 (sha256, reads every file once)")
 
 
 @dataclass
@@ -73,9 +79,10 @@ class SamplerConfig:
                         "num_parts fixed clusters (partitioner), clusters_per_batch merged per step; neighbor: "
                         "GraphSAGE neighbour sampling, batch_size training nodes per step with fanouts neighbours per hop")
     num_parts: int = _doc(10, "random: parts per epoch (steps per epoch)")
-    eval_name: str = _choice("full", "full", "random", "metis", "layerwise", doc="evaluation on the full graph, "
+    eval_name: str = _choice("full", "full", "random", "metis", "layerwise", "parts", doc="evaluation on the full graph, "
                              "on a partition (this partitioner) into eval_parts parts, or layerwise: the full-graph "
-                             "output one layer at a time over eval_batch_size nodes (models with inference_layers: sage)")
+                             "output one layer at a time over eval_batch_size nodes (models with inference_layers: sage); "
+                             "parts: each rank predicts its own parts of data.partitions (the default with a store)")
     eval_parts: int = _doc(5, "evaluation parts when eval_name is a partitioner")
     eval_views: int = _doc(1, "independent partitions whose predictions are averaged (RevGNN multi-view)")
     # Cluster-GCN (name=cluster); see docs/partitioning.md.

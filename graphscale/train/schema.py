@@ -18,7 +18,7 @@ from graphscale.train.config import Config, explicit_keys
 
 # Keys every run reads, whatever was chosen.
 _ALWAYS = {
-    "data": ("name", "root"),
+    "data": ("name", "root", "partitions"),
     "log": ("out", "progress"),
     "train": ("mode", "seed", "device", "lr", "weight_decay", "grad_clip", "eval_every", "distributed", "dist_timeout",
               "ddp_static_graph", "ddp_find_unused", "comm_hook"),
@@ -53,6 +53,8 @@ def used_keys(cfg: Config) -> dict[str, dict[str, str]]:
             add("data", _SYNTHETIC_FEATURES, f"data.name={d.name}")
     if d.name.endswith("proteins"):
         add("data", ("node_feat_aggr",), f"data.name={d.name}")
+    if d.partitions:
+        add("data", ("store_verify",), "data.partitions")
     if t.comm_hook == "powersgd":
         add("train", ("powersgd_rank", "powersgd_start_iter"), "train.comm_hook=powersgd")
 
@@ -73,7 +75,7 @@ def used_keys(cfg: Config) -> dict[str, dict[str, str]]:
     add("sampler", keys, f"sampler.name={s.name}")
     if s.eval_name == "layerwise":
         add("sampler", ("eval_batch_size",), "sampler.eval_name=layerwise")
-    elif s.eval_name != "full":
+    elif s.eval_name not in ("full", "parts"):
         add("sampler", ("eval_parts", "eval_views"), f"sampler.eval_name={s.eval_name}")
         if s.eval_name == "metis":
             add("sampler", ("cache_dir",), "sampler.eval_name=metis")
@@ -134,6 +136,7 @@ def usage_table() -> str:
                  f"controller=l2o); model.name={LAYERWISE_MODEL}; no sampler.* or memory.* keys")
     lines.append(f"every mode: train.{', train.'.join((*_ALWAYS['train'], 'data_prep'))}"
                  f" (+ powersgd_rank, powersgd_start_iter with comm_hook=powersgd)")
+    lines.append("data.partitions (a store): data.store_verify; sampler.name=cluster, sampler.eval_name=parts")
     lines.append(f"data.name=synthetic-*: {', '.join(_SYNTHETIC)} (+ {', '.join(_SYNTHETIC_FEATURES)} except "
                  f"synthetic-proteins); *proteins: node_feat_aggr")
     return "\n".join(lines)

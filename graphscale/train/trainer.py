@@ -36,6 +36,8 @@ from graphscale.train import distributed
 from graphscale.train.build import DatasetInfo, apply_memory, build_model, build_sampler, check_sampler_config
 from graphscale.train.config import Config
 from graphscale.train.metrics import Metric, loss_fn
+from graphscale.train.partitioned import (build_store_sampler, evaluate_store, open_rank_data,
+                                          resolve_store_config)
 from graphscale.train.run import Run, load_data, new_best
 
 
@@ -59,6 +61,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False):
         self.cfg, self.resume = cfg, resume
+        resolve_store_config(cfg)  # data.partitions: the data set, parts and evaluation come from the store
         self.run_ctx = run = Run(cfg, resume, checks=(check_sampler_config,))
         self.rank, self.world_size, self.is_main = run.rank, run.world_size, run.is_main
         self.device, self.dir, self.out = run.device, run.dir, cfg.log.out
@@ -66,12 +69,16 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
-        # local rank 0 of each node (train.data_prep=node) or rank 0 (job) writes / downloads the data set first
-        with distributed.prep_first(cfg.train.data_prep, os.path.expanduser(cfg.data.root)):
-            self.data = data = load_data(cfg)
-        if cfg.sampler.name not in ("full", "neighbor"):
+        store = bool(cfg.data.partitions)
+        if store:  # only this rank's parts of a partitioned store (graphscale.train.partitioned)
+            self.data = data = open_rank_data(cfg, self.rank, self.world_size)
+        else:
+            # local rank 0 of each node (train.data_prep=node) or rank 0 (job) writes / downloads the data set first
+            with distributed.prep_first(cfg.train.data_prep, os.path.expanduser(cfg.data.root)):
+                self.data = data = load_data(cfg)
+        if cfg.sampler.name not in ("full", "neighbor") and not store:
             check_num_parts(cfg.sampler.num_parts, data.num_nodes)
-        if cfg.sampler.eval_name not in ("full", "layerwise"):
+        if cfg.sampler.eval_name not in ("full", "layerwise", "parts"):
             check_num_parts(cfg.sampler.eval_parts, data.num_nodes)
         dev = self.device
         self.x, self.y = data.x.to(dev), data.y.to(dev)
@@ -93,9 +100,12 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
                                           weight_decay=cfg.train.weight_decay)
         cache = os.path.join(os.path.expanduser(cfg.data.root), "partitions")
-        with distributed.prep_first(cfg.train.data_prep):  # the same rank(s) compute and cache the partition first
-            self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache,
-                                         train_mask=self.train_mask)
+        if store:
+            self.sampler = build_store_sampler(cfg, data, self.rank, self.world_size)
+        else:
+            with distributed.prep_first(cfg.train.data_prep):  # the same rank(s) compute and cache the partition first
+                self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache,
+                                             train_mask=self.train_mask)
         self.cache_dir = cache
         # Cluster-GCN's diagonal enhancement hands the model per-edge weights: the model must take them.
         if getattr(cfg.sampler, "diag_lambda", None) is not None and \
@@ -111,7 +121,8 @@ class Trainer:
                 seed=t.seed)
         self.metric = Metric(data.metric, data.task, data.evaluator)
         self.loss = loss_fn(data.task)
-        self.run_ctx.say(f"{data.name}: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges; model "
+        graph = data.describe() if store else f"{data.name}: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges"
+        self.run_ctx.say(f"{graph}; model "
                          f"{cfg.model.name} ({sum(p.numel() for p in self.model.parameters()):,} parameters); "
                          f"{len(self.sampler)} step(s) per epoch on {self.device}, {self.world_size} process(es)")
 
@@ -140,6 +151,8 @@ class Trainer:
         num = distributed.local_steps(len(self.sampler), world, accum)
         if grouped and isinstance(self.sampler, NeighborSampler):  # sample only this rank's (padded) steps
             steps = self.sampler.epoch(epoch, distributed.rank_step_indices(len(self.sampler), self.rank, world, accum))
+        elif grouped and getattr(self.sampler, "rank_local", False):  # a store sampler plans this rank's steps
+            steps = self.sampler.epoch(epoch)
         elif grouped:
             steps = distributed.deal(self.sampler.epoch(epoch), len(self.sampler), self.rank, world, accum)
         else:
@@ -214,6 +227,8 @@ class Trainer:
         return out / s.eval_views
 
     def evaluate(self) -> dict:
+        if self.cfg.data.partitions:  # per part on each rank, gathered by node id (graphscale.train.partitioned)
+            return evaluate_store(self)
         logits = self.predict()
         scores = {}
         for key in ("train", "valid", "test"):

@@ -1,0 +1,262 @@
+"""Training and evaluation batches from the parts of a partitioned store that one rank owns.
+
+:class:`RankParts` opens the parts a rank owns (:func:`graphscale.data.part_store.owned_parts`:
+part ``p`` to rank ``p mod W``) and gives them one *local* id space: the owned parts in ascending
+order, each with its inner nodes then its halo nodes; edges likewise (each part's intra edges, then
+its entering edges). Batches are :class:`~graphscale.sampling.subgraph.Subgraph` objects whose
+``node_ids`` / ``edge_ids`` are those local ids, so the trainer gathers features exactly as it does
+in memory (``x[sub.node_ids]``), here from the memory-mapped ``x.npy`` of each part
+(:class:`RowStore`).
+
+:class:`StoreClusterSampler` is Cluster-GCN (Chiang et al., KDD 2019, Sec. 3.2) on the rank's parts:
+``q`` parts per step, the edges between two chosen parts kept (they are the entering edges whose
+source part is in the batch), and with a ``--halo 1`` store also each part's 1-hop in-neighbours
+from outside the batch (features included; they feed the inner nodes and carry no loss). With one
+process and no gradient accumulation its batches are those of the in-memory
+:class:`~graphscale.sampling.cluster.ClusterGCNSampler` on the same partition and seed, node for node
+and edge for edge (``tests/train/test_partitioned.py``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from graphscale.data.part_store import Part, files_of, gather_rows, open_part, verify_files
+from graphscale.errors import ConfigError
+from graphscale.sampling.cluster import diag_enhanced_weights
+from graphscale.sampling.samplers import epoch_seed
+from graphscale.sampling.subgraph import Subgraph
+
+
+class RowStore:
+    """Rows of several ``[n_k, F]`` arrays (memory-mapped ``.npy`` files) addressed as one ``[sum n_k, F]``
+    matrix; ``store[idx]`` reads only rows ``idx`` (:func:`graphscale.data.part_store.gather_rows`).
+    Quacks like the in-memory feature tensor where the trainer uses it (indexing, ``size``, ``to``)."""
+
+    def __init__(self, arrays: list, device: torch.device | str = "cpu"):
+        self.arrays = arrays
+        sizes = [a.shape[0] for a in arrays]
+        self.offsets = torch.zeros(len(arrays) + 1, dtype=torch.long)
+        self.offsets[1:] = torch.tensor(sizes, dtype=torch.long).cumsum(0)
+        self.device = torch.device(device)
+        self.shape = (int(self.offsets[-1]), *arrays[0].shape[1:])
+        self.dtype = torch.from_numpy(np.empty(0, arrays[0].dtype)).dtype
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def to(self, device) -> "RowStore":
+        out = RowStore.__new__(RowStore)
+        out.__dict__.update(self.__dict__)
+        out.device = torch.device(device)
+        return out
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        return gather_rows(self.arrays, self.offsets, idx).to(self.device)
+
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.arrays)
+
+
+class RankParts:
+    """The parts of a store that one rank owns, in one local id space (module docstring).
+
+    Args:
+        root: the store folder.
+        meta: its ``meta.json`` (:func:`graphscale.data.part_store.read_meta`).
+        parts: the part ids to open (ascending).
+        checksum: verify each opened file's sha256 (size and ``.npy`` header are always checked).
+
+    Attributes:
+        parts: the opened :class:`~graphscale.data.part_store.Part` objects.
+        num_nodes: ``L``, local nodes (inner and halo of every owned part).
+        x: :class:`RowStore` ``[L, F]``; ``edge_attr``: ``[local edges, D]`` or ``None``.
+        y: ``[L]`` / ``[L, T]`` labels (zero on halo rows); ``split``: key -> local ids of inner nodes.
+        global_ids: ``[L]`` global node id of every local node.
+        halo: whether the store holds halo nodes (written with ``--halo 1``).
+    """
+
+    def __init__(self, root: str, meta: dict, parts: list[int], checksum: bool = True):
+        verify_files(root, meta, files_of(meta, parts), checksum=checksum)
+        self.root, self.meta, self.num_parts_total = root, meta, int(meta["num_parts"])
+        self.parts: list[Part] = [open_part(root, meta, p) for p in parts]
+        self.index = {p: k for k, p in enumerate(parts)}
+        self.halo = int(meta["halo"]) == 1
+        nsz = [P.nodes.numel() for P in self.parts]
+        self.node_off = torch.zeros(len(parts) + 1, dtype=torch.long)
+        self.node_off[1:] = torch.tensor(nsz, dtype=torch.long).cumsum(0)
+        esz = [P.num_intra + P.num_cross for P in self.parts]
+        self.edge_off = torch.zeros(len(parts) + 1, dtype=torch.long)
+        self.edge_off[1:] = torch.tensor(esz, dtype=torch.long).cumsum(0)
+        self.num_nodes = int(self.node_off[-1])
+        self._dst = [P.intra_dst() for P in self.parts]
+        self.x = RowStore([P.x for P in self.parts])
+        self.edge_attr = None
+        if meta["edge_dim"] is not None:
+            self.edge_attr = RowStore([a for P in self.parts for a in (P.edge_attr, P.cross_edge_attr)])
+        ys = []
+        for P in self.parts:
+            pad = torch.zeros((P.num_halo, *P.y.shape[1:]), dtype=P.y.dtype)
+            ys.append(torch.cat([P.y, pad]))
+        self.y = torch.cat(ys)
+        self.global_ids = torch.cat([P.nodes for P in self.parts])
+        self.split = {k: torch.cat([self.node_off[i] + P.split[k] for i, P in enumerate(self.parts)])
+                      for k in self.parts[0].split}
+
+    def index_bytes(self) -> int:
+        """Bytes of the in-memory arrays (indices and labels; features stay mapped)."""
+        total = 0
+        for P in self.parts:
+            total += sum(t.numel() * t.element_size() for t in (P.nodes, P.rowptr, P.col, P.eid, P.cross_src,
+                                                                 P.cross_part, P.cross_pos, P.cross_dst, P.cross_eid, P.y))
+        return total + sum(t.numel() * t.element_size() for t in (self.y, self.global_ids, *self._dst))
+
+    def batch(self, parts: list[int], halo: bool | None = None, diag_lambda: float | None = None) -> Subgraph:
+        """The subgraph of the owned ``parts`` (global part ids, distinct) with every edge among them,
+        and with ``halo`` (default: when the store has halo nodes) also the edges entering from
+        outside the batch, their sources appended as halo nodes (deduplicated).
+
+        Node order: the chosen parts' inner nodes, part after part (ascending global id inside a
+        part), then the halo nodes (ascending global id). Edge order: by the position of the source's
+        part in ``parts`` (halo sources last), then by global edge id -- as
+        :meth:`graphscale.sampling.cluster.ClusterGCNSampler.batch` orders them.
+
+        Args:
+            parts: part ids this rank owns.
+            halo: include the halo (needs a ``--halo 1`` store).
+            diag_lambda: attach Cluster-GCN's diagonal-enhanced weights (self-loops dropped).
+        """
+        halo = self.halo if halo is None else halo
+        if halo and not self.halo:
+            raise ConfigError("halo batches need a store written with --halo 1")
+        ks = [self.index[p] for p in parts]
+        inner = torch.tensor([self.parts[k].num_inner for k in ks], dtype=torch.long)
+        boff = torch.zeros(len(ks) + 1, dtype=torch.long)
+        boff[1:] = inner.cumsum(0)
+        n_in = int(boff[-1])
+        where = torch.full((self.num_parts_total,), -1, dtype=torch.long)
+        where[torch.tensor(parts, dtype=torch.long)] = torch.arange(len(parts))
+        node_ids = torch.cat([torch.arange(int(self.node_off[k]), int(self.node_off[k]) + self.parts[k].num_inner)
+                              for k in ks])
+        src, dst, key, eid, lid = [], [], [], [], []
+        h_glob, h_row, h_src_at = [], [], []
+        for i, k in enumerate(ks):
+            P, b, eo = self.parts[k], int(boff[i]), int(self.edge_off[k])
+            src.append(b + P.col)
+            dst.append(b + self._dst[k])
+            key.append(torch.full((P.num_intra,), i, dtype=torch.long))
+            eid.append(P.eid)
+            lid.append(eo + torch.arange(P.num_intra))
+            cpos = where[P.cross_part]
+            inb = (cpos >= 0).nonzero().view(-1)
+            src.append(boff[cpos[inb]] + P.cross_pos[inb])
+            dst.append(b + P.cross_dst[inb])
+            key.append(cpos[inb])
+            eid.append(P.cross_eid[inb])
+            lid.append(eo + P.num_intra + inb)
+            if halo:
+                ext = (cpos < 0).nonzero().view(-1)
+                g = P.cross_src[ext]
+                halo_ids = P.nodes[P.num_inner:]
+                h_glob.append(g)
+                h_row.append(int(self.node_off[k]) + P.num_inner + torch.searchsorted(halo_ids, g))
+                h_src_at.append(len(src))  # filled below, once the halo nodes are numbered
+                src.append(g)
+                dst.append(b + P.cross_dst[ext])
+                key.append(torch.full((ext.numel(),), len(ks), dtype=torch.long))
+                eid.append(P.cross_eid[ext])
+                lid.append(eo + P.num_intra + ext)
+        if halo and h_glob:
+            glob = torch.cat(h_glob)
+            uniq, inv = torch.unique(glob, return_inverse=True)
+            rows = torch.empty(uniq.numel(), dtype=torch.long)
+            rows[inv] = torch.cat(h_row)  # any copy of a halo node holds the same feature row
+            node_ids = torch.cat([node_ids, rows])
+            start = 0
+            for at, g in zip(h_src_at, h_glob):
+                src[at] = n_in + inv[start:start + g.numel()]
+                start += g.numel()
+        src, dst, key, eid, lid = (torch.cat(t) for t in (src, dst, key, eid, lid))
+        order = torch.argsort(key * (int(self.meta["num_edges"]) + 1) + eid, stable=True)
+        ei = torch.stack([src[order], dst[order]])
+        lid = lid[order]
+        weight = None
+        if diag_lambda is not None:  # A + I adds one self-loop per node; drop the graph's own
+            keep = (ei[0] != ei[1]).nonzero().view(-1)
+            ei, lid = ei[:, keep], lid[keep]
+            weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
+        return Subgraph(node_ids, ei, lid, weight)
+
+
+class StoreClusterSampler:
+    """Cluster-GCN batches over the parts one rank owns (module docstring).
+
+    The rank's steps are planned so that ``W`` ranks equal one rank with ``grad_accum = W`` (and any
+    ``W x A`` the same ``G = W x A``): the parts are dealt to ``G`` groups, part ``p`` to group
+    ``p mod G`` (so group ``g`` lives on rank ``g mod W``). Micro-step ``a`` of optimiser step ``k``
+    on rank ``r`` is batch ``k`` of group ``r + a W``: the group's parts shuffled with seed
+    ``epoch_seed(seed, epoch) + g`` and cut into batches of ``q``; a group with fewer batches than
+    the largest repeats its first ones (every rank takes the same number of steps). With ``G = 1``
+    this is exactly :class:`~graphscale.sampling.cluster.ClusterGCNSampler`'s epoch.
+
+    Args:
+        parts: the rank's :class:`RankParts`.
+        clusters_per_batch: ``q``, ``1 <= q <=`` the smallest group's part count.
+        seed: run seed.
+        diag_lambda: as :class:`~graphscale.sampling.cluster.ClusterGCNSampler`.
+        rank, world_size, grad_accum: ``r``, ``W``, ``A``; ``W x A`` must not exceed the store's parts.
+
+    ``len(sampler)`` is the epoch's global step count ``S x G`` (``S`` batches per group), so the
+    trainer's per-rank count is ``S x A``; :meth:`epoch` yields only this rank's micro-steps.
+    """
+
+    rank_local = True  # epoch() already yields only this rank's steps (no dealing by the trainer)
+
+    def __init__(self, parts: RankParts, clusters_per_batch: int = 1, seed: int = 0,
+                 diag_lambda: float | None = None, rank: int = 0, world_size: int = 1, grad_accum: int = 1):
+        num = parts.num_parts_total
+        groups = world_size * grad_accum
+        if groups > num:
+            raise ConfigError(f"{world_size} process(es) x train.grad_accum={grad_accum} = {groups} groups of parts, "
+                              f"but the store has only {num} part(s); partition into >= {groups} parts")
+        self.slots = [list(range(g, num, groups)) for g in range(groups)]
+        smallest = min(len(s) for s in self.slots)
+        if not isinstance(clusters_per_batch, int) or not 1 <= clusters_per_batch <= smallest:
+            raise ConfigError(f"sampler.clusters_per_batch={clusters_per_batch!r}: expected an integer in [1, "
+                              f"{smallest}] (the store's {num} parts dealt to {groups} = processes x grad_accum groups)")
+        self.parts, self.q, self.seed, self.diag_lambda = parts, clusters_per_batch, seed, diag_lambda
+        self.rank, self.world_size, self.grad_accum, self.groups = rank, world_size, grad_accum, groups
+        self.steps = max(math.ceil(len(s) / self.q) for s in self.slots)
+        for g in self.mine():
+            missing = [p for p in self.slots[g] if p not in parts.index]
+            if missing:
+                raise ConfigError(f"rank {rank} does not hold part {missing[0]} of its group {g}")
+
+    def mine(self) -> list[int]:
+        """This rank's groups, one per micro-step: ``r, r + W, ..., r + (A - 1) W``."""
+        return [self.rank + a * self.world_size for a in range(self.grad_accum)]
+
+    def __len__(self) -> int:
+        return self.steps * self.groups
+
+    def group_batches(self, group: int, epoch: int) -> list[list[int]]:
+        """The part lists of group ``group``'s batches in ``epoch`` (before padding)."""
+        slot = self.slots[group]
+        g = torch.Generator().manual_seed((epoch_seed(self.seed, epoch) + group) % (2**63 - 1))
+        order = torch.randperm(len(slot), generator=g).tolist()
+        shuffled = [slot[i] for i in order]
+        return [shuffled[i:i + self.q] for i in range(0, len(shuffled), self.q)]
+
+    def epoch(self, epoch: int) -> Iterator[Subgraph]:
+        plans = {g: self.group_batches(g, epoch) for g in self.mine()}
+        for k in range(self.steps):
+            for g in self.mine():
+                plan = plans[g]
+                yield self.parts.batch(plan[k % len(plan)], diag_lambda=self.diag_lambda)
+
+
+__all__ = ["RowStore", "RankParts", "StoreClusterSampler"]
