@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,7 @@ def _env():
     return env
 
 
-def _two_nodes(tmp_path, extra: list[str]) -> list[subprocess.CompletedProcess]:
+def _two_nodes(tmp_path, extra: list[str], base: list[str] = TINY) -> list[subprocess.CompletedProcess]:
     """Start node 0 and node 1 (one agent each, from ``tmp/node0`` and ``tmp/node1``); wait for both."""
     from graphscale.train.distributed import free_port
     port = free_port()
@@ -40,7 +41,7 @@ def _two_nodes(tmp_path, extra: list[str]) -> list[subprocess.CompletedProcess]:
     for node in (0, 1):
         cwd = tmp_path / f"node{node}"
         cwd.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "graphscale", "train", *TINY, "data.root=data", *extra, "--nproc", "1",
+        cmd = [sys.executable, "-m", "graphscale", "train", *base, "data.root=data", *extra, "--nproc", "1",
                "--nnodes", "2", "--node-rank", str(node), "--rdzv-endpoint", f"127.0.0.1:{port}"]
         procs.append(subprocess.Popen(cmd, cwd=str(cwd), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
@@ -54,6 +55,15 @@ def _two_nodes(tmp_path, extra: list[str]) -> list[subprocess.CompletedProcess]:
             if p.poll() is None:
                 p.kill()
     return out
+
+
+def _params_and_losses_agree(out1: str, out2: str, epochs: int) -> None:
+    a = torch.load(os.path.join(out1, "checkpoint.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(out2, "checkpoint.pt"), weights_only=True)["model"]
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst <= 1e-5, f"max parameter difference {worst:.3g}"
+    rows = [[json.loads(line)["loss"] for line in open(os.path.join(o, "log.jsonl"))] for o in (out1, out2)]
+    assert rows[0] == pytest.approx(rows[1], rel=1e-5) and len(rows[1]) == epochs
 
 
 # --------------------------------------------------------------------------------- pure logic, in-process
@@ -125,12 +135,7 @@ def test_two_nodes_equal_one_process_with_grad_accum(tmp_path):
     out1 = str(tmp_path / "one")
     train(load_config(None, TINY + [f"data.root={tmp_path / 'node0' / 'data'}", f"log.out={out1}",
                                     "train.grad_accum=2"]))
-    a = torch.load(os.path.join(out1, "checkpoint.pt"), weights_only=True)["model"]
-    b = torch.load(os.path.join(out2, "checkpoint.pt"), weights_only=True)["model"]
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
-    assert worst <= 1e-5, f"max parameter difference {worst:.3g}"
-    rows = [[json.loads(line)["loss"] for line in open(os.path.join(o, "log.jsonl"))] for o in (out1, out2)]
-    assert rows[0] == pytest.approx(rows[1], rel=1e-5) and len(rows[1]) == 2
+    _params_and_losses_agree(out1, out2, 2)
 
 
 @pytest.mark.slow
@@ -143,3 +148,40 @@ def test_job_mode_on_disks_that_are_not_shared_stops_every_rank(tmp_path):
     assert "train.data_prep=job but" in err and "use train.data_prep=node" in err, err[-3000:]
     assert glob.glob(str(tmp_path / "node0" / "data" / "synthetic_proteins*"))
     assert not glob.glob(str(tmp_path / "node1" / "data" / "synthetic_proteins*"))  # node 1 wrote nothing
+
+
+# a tiny synthetic-products set in 4 METIS parts, Cluster-GCN from the store
+STORE_TINY = ["data.name=synthetic-products", "data.num_nodes=600", "data.avg_degree=8", "data.num_communities=12",
+              "data.num_features=16", "data.num_classes=5", "sampler.name=cluster", "sampler.num_parts=4",
+              "sampler.clusters_per_batch=1", "model.name=gcn", "model.hidden_channels=16", "model.num_layers=2",
+              "model.dropout=0.0", "train.epochs=2", "train.device=cpu", "log.progress=false",
+              "train.dist_timeout=60"]
+
+
+def test_two_nodes_from_a_store_read_only_their_parts(tmp_path):
+    """``data.partitions``: part p goes to rank p mod 2, so node 1 (rank 1) needs only meta.json and parts
+    1 and 3. Its copy of the store holds nothing else (parts 0, 2 and the node->part book removed, as a
+    machine that was sent only its share): the run would stop with 'part-00000/... is missing' if
+    node 1 opened another part. The result equals 1 process with grad_accum=2 on the full store."""
+    from graphscale.cli import main
+    from graphscale.train.api import train
+    from graphscale.train.config import load_config
+    full = tmp_path / "node0" / "store"
+    (tmp_path / "node0").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  root: {tmp_path / 'data'}\n")
+    assert main(["data", "partition", str(cfg), *STORE_TINY, "--out", str(full), "--no-progress"]) == 0
+    share = tmp_path / "node1" / "store"
+    shutil.copytree(full, share)
+    for gone in ("part-00000", "part-00002"):
+        shutil.rmtree(share / gone)
+    os.remove(share / "book.npy")
+    assert sorted(os.listdir(share)) == ["meta.json", "part-00001", "part-00003"]
+    out2 = str(tmp_path / "two-nodes")
+    runs = _two_nodes(tmp_path, ["data.partitions=store", f"log.out={out2}"], base=STORE_TINY)
+    for node, r in enumerate(runs):
+        assert r.returncode == 0, f"node {node}:\n" + r.stdout[-2000:] + r.stderr[-3000:]
+    assert "this process holds parts 0, 2" in runs[0].stdout + runs[0].stderr
+    out1 = str(tmp_path / "one")
+    train(load_config(None, STORE_TINY + [f"data.partitions={full}", f"log.out={out1}", "train.grad_accum=2"]))
+    _params_and_losses_agree(out1, out2, 2)
