@@ -209,8 +209,10 @@ def _launch(nproc: int, args: list[str], out: str, nodes=None, timeout_s: float 
         return 128 - rc
     if rc != 0:
         where = f" on node {nodes.node_rank} of {nodes.nnodes}" if nodes.multi and nodes.node_rank is not None else ""
+        hint = (f" (when another machine stops, or does not join the rendezvous at {nodes.endpoint} within "
+                f"train.dist_timeout = {timeout_s:g} s, this machine's ranks stop too)" if nodes.multi else "")
         print(f"graphscale train: error: the {nproc}-process run{where} failed (exit status {rc}); the failing rank's "
-              f"message is above", file=sys.stderr)
+              f"message is above{hint}", file=sys.stderr)
     return rc
 
 
