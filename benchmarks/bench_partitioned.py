@@ -69,17 +69,27 @@ def train_keys(args) -> list[str]:
             "train.device=cpu", "log.progress=false", f"train.dist_timeout={args.dist_timeout}"]
 
 
-def monitored(cmd: list[str], env: dict, interval: float, log_path: str) -> tuple[int, float, ProcessTreeSampler]:
-    """Run ``cmd`` with its process tree sampled; returns (exit status, wall seconds, sampler)."""
+def monitored(cmd: list[str], env: dict, interval: float, log_path: str,
+              markers: tuple[str, ...] = ()) -> tuple[int, float, ProcessTreeSampler, dict]:
+    """Run ``cmd`` with its process tree sampled (with a timeline); returns (exit status, wall seconds,
+    sampler, ``{marker: time.monotonic() when it first appeared in the output}``)."""
     t0 = time.perf_counter()
+    seen: dict[str, float] = {}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        sampler = ProcessTreeSampler(proc.pid, interval).start()
+        sampler = ProcessTreeSampler(proc.pid, interval, timeline=True).start()
         try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if len(seen) < len(markers):
+                    text = open(log_path, errors="replace").read()
+                    for m in markers:
+                        if m not in seen and m in text:
+                            seen[m] = time.monotonic()
             rc = proc.wait()
         finally:
             sampler.stop()
-    return rc, time.perf_counter() - t0, sampler
+    return rc, time.perf_counter() - t0, sampler, seen
 
 
 def _tail(path: str, n: int = 15) -> str:
@@ -121,7 +131,7 @@ def partition_step(args, store: str, work: str) -> dict:
     cmd = [sys.executable, "-m", "graphscale", "data", "partition", *data_keys(args), *train_keys(args),
            "--parts", str(args.parts), "--method", "metis", "--out", store, "--no-progress"]
     cmd.insert(cmd.index("partition") + 1, _blank_config(work))
-    rc, wall, s = monitored(cmd, _env(args.threads), args.interval, os.path.join(work, "partition.log"))
+    rc, wall, s, _ = monitored(cmd, _env(args.threads), args.interval, os.path.join(work, "partition.log"))
     if rc != 0:
         raise GraphscaleError(f"the partition step failed (exit {rc}):\n{_tail(os.path.join(work, 'partition.log'))}")
     peak = s.procs[max(s.procs, key=lambda p: s.procs[p].peak.uss)].peak
@@ -152,7 +162,11 @@ def train_run(args, path: str, world: int, store: str, work: str) -> dict:
     if world > 1:
         cmd += ["--nproc", str(world)]
     log = os.path.join(work, f"{path}-w{world}.log")
-    rc, wall, s = monitored(cmd, _env(args.threads), args.interval, log)
+    # training window: from the end of setup (the trainer's "N step(s) per epoch" line) to the line of
+    # epoch E-1 (evaluation runs after epoch E only), so no setup (data loading, METIS when not cached)
+    # and no evaluation falls inside it
+    last_train = f"epoch {args.epochs - 1}/{args.epochs} "
+    rc, wall, s, seen = monitored(cmd, _env(args.threads), args.interval, log, ("step(s) per epoch", last_train))
     if rc != 0:
         return {"path": path, "world_size": world, "error": f"exit {rc}: {_tail(log, 4).strip()[-400:]}"}
     ranks = s.ranks()
@@ -168,7 +182,14 @@ def train_run(args, path: str, world: int, store: str, work: str) -> dict:
     uss = [ranks[r].peak.uss for r in sorted(ranks)]
     pss = [ranks[r].peak.pss for r in sorted(ranks)]
     rss = [ranks[r].peak.rss for r in sorted(ranks)]
+    win = None
+    if args.epochs > 1 and len(seen) == 2:
+        win = [s.window_peak(ranks[r].pid, seen["step(s) per epoch"], seen[last_train]) for r in sorted(ranks)]
     row = {"path": path, "world_size": world,
+           "train_rank_uss_mib": [round(m.uss / MiB) for m in win] if win and all(win) else None,
+           "train_max_rank_uss_mib": round(max(m.uss for m in win) / MiB) if win and all(win) else None,
+           "train_max_rank_pss_mib": round(max(m.pss for m in win) / MiB) if win and all(win) else None,
+           "train_max_rank_rss_mib": round(max(m.rss for m in win) / MiB) if win and all(win) else None,
            "rank_peak_uss_mib": [round(v / MiB) for v in uss], "rank_peak_pss_mib": [round(v / MiB) for v in pss],
            "rank_peak_rss_mib": [round(v / MiB) for v in rss],
            "max_rank_uss_mib": round(max(uss) / MiB), "max_rank_pss_mib": round(max(pss) / MiB),
@@ -210,9 +231,12 @@ def targets(rows: list[dict]) -> list[dict]:
         if path != "store":
             continue
         if base is not None:
-            limit = base["max_rank_uss_mib"] / w + 300
-            out.append({"target": f"store per-rank USS <= memory W=1 USS / {w} + 300 MB", "world_size": w,
-                        "value": r["max_rank_uss_mib"], "limit": round(limit), "met": r["max_rank_uss_mib"] <= limit})
+            for key, what in (("train_max_rank_uss_mib", "training epochs"), ("max_rank_uss_mib", "whole run")):
+                if base.get(key) is None or r.get(key) is None:
+                    continue
+                limit = base[key] / w + 300
+                out.append({"target": f"store per-rank USS <= memory W=1 USS / {w} + 300 MB ({what})",
+                            "world_size": w, "value": r[key], "limit": round(limit), "met": r[key] <= limit})
         mem = by.get(("memory", w))
         if mem is not None:
             d = abs(r["test_acc"] - mem["test_acc"]) * 100
@@ -223,6 +247,10 @@ def targets(rows: list[dict]) -> list[dict]:
                 out.append({"target": "store epoch time <= 1.1 x memory at W=1", "world_size": 1,
                             "value": round(ratio, 3), "limit": 1.1, "met": ratio <= 1.1})
     return out
+
+
+def _uss(row: dict) -> float:
+    return row["train_max_rank_uss_mib"] if row.get("train_max_rank_uss_mib") is not None else row["max_rank_uss_mib"]
 
 
 def plot(rows: list[dict], prow: dict, title: str):
@@ -236,16 +264,18 @@ def plot(rows: list[dict], prow: dict, title: str):
     for i, path in enumerate(("memory", "store")):
         rs = {r["world_size"]: r for r in ok if r["path"] == path}
         xs = [w + (i - 0.5) * 0.3 for w in worlds if w in rs]
-        ax[0].bar(xs, [rs[w]["max_rank_uss_mib"] for w in worlds if w in rs], width=0.3, label=f"{path}: USS")
-        ax[0].scatter(xs, [rs[w]["max_rank_rss_mib"] for w in worlds if w in rs], marker="_", s=300, color="k",
-                      zorder=3, label="RSS" if i == 0 else None)
+        ax[0].bar(xs, [_uss(rs[w]) for w in worlds if w in rs], width=0.3, label=f"{path}: USS, training epochs")
+        ax[0].scatter(xs, [rs[w]["max_rank_uss_mib"] for w in worlds if w in rs], marker="x", color="k",
+                      zorder=3, label="USS, whole run" if i == 0 else None)
+        ax[0].scatter(xs, [rs[w]["max_rank_rss_mib"] for w in worlds if w in rs], marker="_", s=300, color="grey",
+                      zorder=3, label="RSS, whole run" if i == 0 else None)
         ax[1].plot([w for w in worlds if w in rs], [rs[w]["train_epoch_s"] for w in worlds if w in rs], "o-",
                    label=path)
         ax[2].plot([w for w in worlds if w in rs], [100 * rs[w]["test_acc"] for w in worlds if w in rs], "o-",
                    label=path)
     base = next((r for r in ok if r["path"] == "memory" and r["world_size"] == 1), None)
     if base is not None:
-        ax[0].plot(worlds, [base["max_rank_uss_mib"] / w + 300 for w in worlds], "r--", label="target 1/W + 300 MB")
+        ax[0].plot(worlds, [_uss(base) / w + 300 for w in worlds], "r--", label="target: memory W=1 / W + 300 MB")
     ax[0].set(xlabel="processes W", ylabel="peak MiB of the largest rank", title="per-rank memory", xticks=worlds)
     ax[1].set(xlabel="processes W", ylabel="s per training epoch", title="epoch time (2 cores)", xticks=worlds)
     ax[2].set(xlabel="processes W", ylabel="test accuracy %", title="accuracy", xticks=worlds)

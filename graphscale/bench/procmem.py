@@ -138,9 +138,11 @@ class ProcessTreeSampler:
     accounting: keep ``interval`` well below the phases being measured).
     """
 
-    def __init__(self, root_pid: int, interval: float = 0.2):
+    def __init__(self, root_pid: int, interval: float = 0.2, timeline: bool = False):
         self.root_pid, self.interval = root_pid, interval
         self.procs: dict[int, ProcPeak] = {}
+        # with timeline: {pid: [(time.monotonic(), MemInfo), ...]}, for peaks inside a window of the run
+        self.timeline: dict[int, list] | None = {} if timeline else None
         self.total_pss_peak = 0  # the largest sum of PSS over the tree at one sample
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,6 +160,8 @@ class ProcessTreeSampler:
                 rec = self.procs[pid] = ProcPeak(pid, _cmdline(pid)[:300],
                                                  int(rank) if rank is not None and rank.isdigit() else None)
             rec.update(m)
+            if self.timeline is not None:
+                self.timeline.setdefault(pid, []).append((time.monotonic(), m))
             total += m.pss
         self.total_pss_peak = max(self.total_pss_peak, total)
 
@@ -181,6 +185,19 @@ class ProcessTreeSampler:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def window_peak(self, pid: int, start: float, end: float) -> MemInfo | None:
+        """Peaks of ``pid`` over the samples taken between ``start`` and ``end`` (``time.monotonic()``);
+        ``None`` without a timeline or without a sample in the window."""
+        if self.timeline is None:
+            return None
+        peak, seen = MemInfo(), False
+        for t, m in self.timeline.get(pid, []):
+            if start <= t <= end:
+                seen = True
+                for k, v in m.__dict__.items():
+                    setattr(peak, k, max(v, getattr(peak, k)))
+        return peak if seen else None
 
     def ranks(self) -> dict[int, ProcPeak]:
         """``{rank: peak}`` of the processes that had a ``RANK`` (torchrun workers); when a rank was

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,7 +51,8 @@ def test_private_and_shared_file_memory_are_told_apart(tmp_path):
             k.stdin.flush()
         for k in kids:
             assert k.stdout.readline().strip() == "ready"
-        sampler = ProcessTreeSampler(os.getpid())
+        sampler = ProcessTreeSampler(os.getpid(), timeline=True)
+        t0 = time.monotonic()
         sampler.sample()
         loaded = [read_smaps_rollup(k.pid) for k in kids]
     finally:
@@ -68,6 +70,8 @@ def test_private_and_shared_file_memory_are_told_apart(tmp_path):
     assert {0, 1} <= set(ranks)
     for r, k in enumerate(kids):
         assert ranks[r].pid == k.pid and ranks[r].peak.uss >= base[r].uss + A - tol
+        assert sampler.window_peak(k.pid, t0, time.monotonic()).uss == ranks[r].peak.uss
+        assert sampler.window_peak(k.pid, 0.0, t0 - 1e-6) is None  # no sample before t0
 
 
 def test_peak_is_kept_per_process(tmp_path):
