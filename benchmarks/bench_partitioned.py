@@ -121,11 +121,13 @@ def du(path: str) -> int:
 
 
 def partition_step(args, store: str, work: str) -> dict:
+    record = store.rstrip("/") + ".bench.json"  # the step's measurement, kept beside (not in) the store
     if os.path.isdir(store) and os.path.isfile(os.path.join(store, "meta.json")) and not args.repartition:
         meta = json.load(open(os.path.join(store, "meta.json")))
         print(f"store: reusing {store}", flush=True)
+        earlier = json.load(open(record)) if os.path.isfile(record) else None
         return {"step": "partition", "reused": True, "store_bytes": du(store), "num_parts": meta["num_parts"],
-                "seconds": meta.get("partition_seconds")}
+                "meta_partition_seconds": meta.get("partition_seconds"), "measured_when_written": earlier}
     if os.path.isdir(store):
         shutil.rmtree(store)
     cmd = [sys.executable, "-m", "graphscale", "data", "partition", *data_keys(args), *train_keys(args),
@@ -139,6 +141,8 @@ def partition_step(args, store: str, work: str) -> dict:
            "peak_pss_mib": round(peak.pss / MiB), "peak_rss_mib": round(peak.rss / MiB),
            "store_bytes": du(store), "num_parts": args.parts}
     print(f"partition: {row}", flush=True)
+    with open(record, "w") as fh:
+        json.dump({**row, "command": " ".join(cmd), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, fh)
     return row
 
 
@@ -211,14 +215,16 @@ def mem_available() -> int:
 
 def memory_guard(rows: list[dict], path: str, world: int) -> str | None:
     """A reason not to start a run that would not fit in this machine's available memory (others share
-    it), judged from the same path's W = 1 run: W x its peak PSS x 1.2; ``None`` = start it."""
+    it), judged from the same path's W = 1 run: W x its peak PSS during the training epochs (its whole
+    run's peak includes the one-off METIS of an uncached partition) x 1.3; ``None`` = start it."""
     one = next((r for r in rows if r["path"] == path and r["world_size"] == 1 and "error" not in r), None)
     if one is None or world == 1:
         return None
-    need = world * one["max_rank_pss_mib"] * MiB * 1.2
+    key = "train_max_rank_pss_mib" if one.get("train_max_rank_pss_mib") is not None else "max_rank_pss_mib"
+    need = world * one[key] * MiB * 1.3
     have = mem_available()
     if need > have:
-        return (f"skipped: {world} x the W=1 peak PSS ({one['max_rank_pss_mib']} MiB) x 1.2 = {need / 2**30:.1f} GiB "
+        return (f"skipped: {world} x the W=1 peak PSS ({key}: {one[key]} MiB) x 1.3 = {need / 2**30:.1f} GiB "
                 f"> MemAvailable {have / 2**30:.1f} GiB at the start of this run")
     return None
 
@@ -331,18 +337,23 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     extra = {"partition": prow, "data_seconds": round(data_s, 1), "store": store, "note": args.note,
              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")}}
-    for w in worlds:
-        for path in paths:
-            skip = memory_guard(rows, path, w)
-            rows.append({"path": path, "world_size": w, "error": skip} if skip else train_run(args, path, w, store, work))
-            extra["targets"] = targets(rows)
-            writer.write_table(stem, rows, extra)  # rewritten after every run: a killed run keeps its rows
-    tg = targets(rows)
-    if tg:
-        writer.write_table(stem + "_targets", tg, {"partition": prow})
-    fig = plot(rows, prow, f"synthetic ogbn-products x{args.scale:g}, {args.parts} METIS parts, q={args.q}, "
-                           f"SAGE {args.layers}x{args.hidden}, {args.epochs} epochs, {os.cpu_count()} cores")
-    writer.write_file(stem + ".png", lambda fh: fig.savefig(fh, format="png", dpi=110))
+    # the in-memory W=1 run first (every target compares with it), then the store runs, then the other
+    # in-memory runs: a run stopped early keeps the rows that answer the most
+    order = [(p, 1) for p in paths if 1 in worlds] + [(p, w) for p in ("store", "memory") if p in paths
+                                                       for w in worlds if w > 1]
+    title = (f"synthetic ogbn-products x{args.scale:g}, {args.parts} METIS parts, q={args.q}, "
+             f"SAGE {args.layers}x{args.hidden}, {args.epochs} epochs, {os.cpu_count()} cores")
+    for path, w in order:
+        skip = memory_guard(rows, path, w)
+        rows.append({"path": path, "world_size": w, "error": skip} if skip else train_run(args, path, w, store, work))
+        extra["targets"] = tg = targets(rows)
+        writer.write_table(stem, rows, extra)  # rewritten after every run: a killed run keeps its rows
+        if tg:
+            writer.write_table(stem + "_targets", tg, {"partition": prow})
+        fig = plot(rows, prow, title)
+        writer.write_file(stem + ".png", lambda fh: fig.savefig(fh, format="png", dpi=110))
+        import matplotlib.pyplot as plt
+        plt.close(fig)
     for t in tg:
         print(f"{'MET' if t['met'] else 'NOT MET'}: {t['target']} (W={t['world_size']}): {t['value']} vs {t['limit']}")
     print(f"-> {writer.out}")
