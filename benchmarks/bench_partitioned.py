@@ -218,7 +218,7 @@ def memory_guard(rows: list[dict], path: str, world: int) -> str | None:
     it), judged from the same path's W = 1 run: W x its peak PSS during the training epochs (its whole
     run's peak includes the one-off METIS of an uncached partition) x 1.3; ``None`` = start it."""
     one = next((r for r in rows if r["path"] == path and r["world_size"] == 1 and "error" not in r), None)
-    if one is None or world == 1:
+    if one is None or world == 1 or path == "store":  # a store rank holds a share of what the W=1 rank held
         return None
     key = "train_max_rank_pss_mib" if one.get("train_max_rank_pss_mib") is not None else "max_rank_pss_mib"
     need = world * one[key] * MiB * 1.3
