@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,17 @@ def train_run(args, path: str, world: int, store: str, work: str) -> dict:
     else:
         keys += ["sampler.eval_name=metis", f"sampler.eval_parts={args.parts}"]
     cmd = [sys.executable, "-m", "graphscale", "train", _blank_config(work), *keys]
-    if world > 1:
+    cores = os.cpu_count() or 1
+    if world > cores and world % cores == 0:
+        # --nproc is capped at the core count: start W / cores torchrun agents on 127.0.0.1 instead
+        # (graphscale train --nnodes K --node-rank k), under one shell so that one tree holds every rank
+        from graphscale.train.distributed import free_port
+        port, k = free_port(), world // cores
+        agents = [" ".join([*map(shlex.quote, cmd), "--nproc", str(cores), "--nnodes", str(k), "--node-rank", str(i),
+                            "--rdzv-endpoint", f"127.0.0.1:{port}"]) + (" 2>/dev/null >/dev/null" if i else "")
+                  for i in range(k)]
+        cmd = ["bash", "-c", " & ".join(agents) + " & wait"]
+    elif world > 1:
         cmd += ["--nproc", str(world)]
     log = os.path.join(work, f"{path}-w{world}.log")
     # training window: from the end of setup (the trainer's "N step(s) per epoch" line) to the line of
