@@ -54,6 +54,22 @@ def _old_store(tmp):
     return str(d)
 
 
+def _one_part_store(tmp):
+    """A store's meta.json with one part (the process count is checked before any part is opened)."""
+    import hashlib
+    import json
+    d = tmp / "one-part"
+    d.mkdir()
+    data = {"name": "synthetic-proteins", "num_nodes": 300, "avg_degree": 6, "num_communities": 8}
+    meta = {"format": "graphscale-partitioned-store", "version": 1, "dataset": "synthetic-proteins",
+            "data_config": data, "fingerprint": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "num_nodes": 300, "num_edges": 1800, "num_features": 8, "num_outputs": 112, "edge_dim": 8,
+            "task": "multilabel", "metric": "rocauc", "evaluator": "ogbn-proteins", "method": "metis",
+            "num_parts": 1, "seed": 0, "halo": 0, "parts": [{}], "files": {}, "split_sizes": {}}
+    (d / "meta.json").write_text(json.dumps(meta))
+    return str(d)
+
+
 # (id, setup(tmp) -> argv after "graphscale", text that must appear in stderr)
 CASES = [
     ("override-not-a-number", lambda t: ["train", *TINY, "train.lr=abc"], "'abc'"),
@@ -120,6 +136,10 @@ CASES = [
      "nowhere' does not exist"),
     ("store-other-version", lambda t: ["train", *TINY, "sampler.name=cluster", f"data.partitions={_old_store(t)}"],
      "format version 99"),
+    ("store-fewer-parts-than-processes", lambda t: ["train", *[o for o in TINY if "num_parts" not in o],
+                                                    "sampler.name=cluster",
+                                                    f"data.partitions={_one_part_store(t)}", "--nproc", "2"],
+     "2 processes but the store has only 1 part(s)"),
     ("store-with-full-sampler", lambda t: ["train", *TINY, "sampler.name=full", f"data.partitions={t}"],
      "sampler.name=full"),
 ]

@@ -85,6 +85,8 @@ class RankParts:
         self.root, self.meta, self.num_parts_total = root, meta, int(meta["num_parts"])
         self.parts: list[Part] = [open_part(root, meta, p) for p in parts]
         self.index = {p: k for k, p in enumerate(parts)}
+        self.owned_index = torch.full((self.num_parts_total,), -1, dtype=torch.long)  # part id -> k (-1: not owned)
+        self.owned_index[torch.tensor(parts, dtype=torch.long)] = torch.arange(len(parts))
         self.halo = int(meta["halo"]) == 1
         nsz = [P.nodes.numel() for P in self.parts]
         self.node_off = torch.zeros(len(parts) + 1, dtype=torch.long)
@@ -192,6 +194,42 @@ class RankParts:
         return Subgraph(node_ids, ei, lid, weight)
 
 
+    def blocks(self, parts: list[int], diag_lambda: float | None = None) -> tuple[Subgraph, list[int]]:
+        """The owned ``parts`` side by side, each exactly as it is alone (its inner nodes and intra
+        edges, and with a halo store its halo nodes and entering edges; no edge between two parts
+        and no node shared): one block-diagonal batch whose outputs are, part by part, those of the
+        part alone -- evaluation runs several parts per forward pass this way.
+
+        Returns:
+            ``(subgraph, starts)``: ``starts[i]`` is the first row of ``parts[i]`` in the batch (its
+            ``num_inner`` inner rows come first, then its halo rows).
+        """
+        node_ids, src, dst, lid, starts = [], [], [], [], []
+        off = 0
+        for p in parts:
+            k = self.index[p]
+            P, no, eo = self.parts[k], int(self.node_off[k]), int(self.edge_off[k])
+            rows = P.nodes.numel() if self.halo else P.num_inner
+            starts.append(off)
+            node_ids.append(torch.arange(no, no + rows))
+            src.append(off + P.col)
+            dst.append(off + self._dst[k])
+            lid.append(eo + torch.arange(P.num_intra))
+            if self.halo:
+                src.append(off + P.num_inner + torch.searchsorted(P.nodes[P.num_inner:], P.cross_src))
+                dst.append(off + P.cross_dst)
+                lid.append(eo + P.num_intra + torch.arange(P.num_cross))
+            off += rows
+        ei, lid = torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(lid)
+        node_ids = torch.cat(node_ids)
+        weight = None
+        if diag_lambda is not None:
+            keep = (ei[0] != ei[1]).nonzero().view(-1)
+            ei, lid = ei[:, keep], lid[keep]
+            weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
+        return Subgraph(node_ids, ei, lid, weight), starts
+
+
 class StoreClusterSampler:
     """Cluster-GCN batches over the parts one rank owns (module docstring).
 
@@ -259,4 +297,105 @@ class StoreClusterSampler:
                 yield self.parts.batch(plan[k % len(plan)], diag_lambda=self.diag_lambda)
 
 
-__all__ = ["RowStore", "RankParts", "StoreClusterSampler"]
+class StoreRandomSampler:
+    """Random-partition batches inside the rank's parts (DeeperGCN / RevGNN's "randomly split the graph
+    into subgraphs" each epoch, :class:`~graphscale.sampling.samplers.PartitionSampler` in memory).
+
+    The store's parts are dealt to ``G = W x A`` groups as by :class:`StoreClusterSampler`; every
+    epoch, each group's inner nodes (ascending global id) are split at random into ``k =
+    ceil(num_parts / G)`` chunks of equal size (+-1) -- ``random_partition``'s rule, seeded with
+    ``epoch_seed(seed, epoch) + g`` -- and each step is one chunk with every edge among its nodes that
+    the group's parts hold (intra and entering edges). With ``G = 1`` the batches are exactly the
+    in-memory ``PartitionSampler``'s (random partitioner) on the same seed. The halo is not used
+    (a random chunk's neighbours are mostly in other chunks).
+
+    Args:
+        parts: the rank's :class:`RankParts`.
+        num_parts: random chunks per epoch over all groups (``sampler.num_parts``).
+        seed, rank, world_size, grad_accum: as :class:`StoreClusterSampler`.
+    """
+
+    rank_local = True
+
+    def __init__(self, parts: RankParts, num_parts: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 grad_accum: int = 1):
+        total = parts.num_parts_total
+        groups = world_size * grad_accum
+        if groups > total:
+            raise ConfigError(f"{world_size} process(es) x train.grad_accum={grad_accum} = {groups} groups of parts, "
+                              f"but the store has only {total} part(s); partition into >= {groups} parts")
+        if not isinstance(num_parts, int) or num_parts < 1:
+            raise ConfigError(f"sampler.num_parts must be >= 1, got {num_parts!r}")
+        self.parts, self.seed, self.rank, self.world_size, self.grad_accum = parts, seed, rank, world_size, grad_accum
+        self.groups, self.k = groups, math.ceil(num_parts / groups)
+        self.slots = [list(range(g, total, groups)) for g in range(groups)]
+        smallest = min(sum(int(parts.meta["parts"][p]["inner"]) for p in sl) for sl in self.slots)
+        if self.k > smallest:
+            raise ConfigError(f"sampler.num_parts={num_parts}: {self.k} random parts per group, but a group of the "
+                              f"store's parts holds only {smallest} nodes")
+        self._plan = {}
+        for g in self.mine():
+            ks = [parts.index[p] for p in self.slots[g]]
+            rows = torch.cat([parts.node_off[k] + torch.arange(parts.parts[k].num_inner) for k in ks])
+            glob = parts.global_ids[rows]
+            order = torch.argsort(glob)
+            self._plan[g] = (ks, rows[order])
+
+    def mine(self) -> list[int]:
+        return [self.rank + a * self.world_size for a in range(self.grad_accum)]
+
+    def __len__(self) -> int:
+        return self.k * self.groups
+
+    def _group_epoch(self, g: int, epoch: int) -> list[Subgraph]:
+        rp = self.parts
+        ks, rows = self._plan[g]
+        n = rows.numel()
+        gen = torch.Generator().manual_seed((epoch_seed(self.seed, epoch) + g) % (2**63 - 1))
+        perm = torch.randperm(n, generator=gen)
+        chunk_sorted = torch.empty(n, dtype=torch.long)
+        chunk_sorted[perm] = torch.arange(n) * self.k // n  # chunk of the i-th node in global-id order
+        chunk = torch.full((rp.num_nodes,), -1, dtype=torch.long)
+        chunk[rows] = chunk_sorted
+        pos = torch.empty(rp.num_nodes, dtype=torch.long)  # position inside its chunk (ascending global id)
+        counts = torch.bincount(chunk_sorted, minlength=self.k)
+        start = torch.zeros(self.k + 1, dtype=torch.long)
+        start[1:] = counts.cumsum(0)
+        by_chunk = torch.argsort(chunk_sorted, stable=True)
+        pos[rows[by_chunk]] = torch.arange(n) - start[chunk_sorted[by_chunk]]
+        src, dst, eid, lid = [], [], [], []
+        for k in ks:
+            P, no, eo = rp.parts[k], int(rp.node_off[k]), int(rp.edge_off[k])
+            s_rows, d_rows = no + P.col, no + rp._dst[k]
+            src.append(s_rows), dst.append(d_rows), eid.append(P.eid), lid.append(eo + torch.arange(P.num_intra))
+            src_k = rp.owned_index[P.cross_part]
+            inb = (src_k >= 0).nonzero().view(-1)
+            src.append(rp.node_off[src_k[inb]] + P.cross_pos[inb])
+            dst.append(no + P.cross_dst[inb])
+            eid.append(P.cross_eid[inb])
+            lid.append(eo + P.num_intra + inb)
+        src, dst, eid, lid = (torch.cat(t) for t in (src, dst, eid, lid))
+        cs, cd = chunk[src], chunk[dst]
+        keep = ((cs == cd) & (cd >= 0)).nonzero().view(-1)
+        src, dst, eid, lid, c = src[keep], dst[keep], eid[keep], lid[keep], cd[keep]
+        order = torch.argsort(c * (int(rp.meta["num_edges"]) + 1) + eid)
+        src, dst, lid, c = src[order], dst[order], lid[order], c[order]
+        e_counts = torch.bincount(c, minlength=self.k).tolist()
+        out, e0 = [], 0
+        sorted_rows = rows[by_chunk]
+        for j in range(self.k):
+            a, b = int(start[j]), int(start[j + 1])
+            e1 = e0 + e_counts[j]
+            ei = torch.stack([pos[src[e0:e1]], pos[dst[e0:e1]]])
+            out.append(Subgraph(sorted_rows[a:b], ei, lid[e0:e1]))
+            e0 = e1
+        return out
+
+    def epoch(self, epoch: int) -> Iterator[Subgraph]:
+        plans = {g: self._group_epoch(g, epoch) for g in self.mine()}
+        for j in range(self.k):
+            for g in self.mine():
+                yield plans[g][j]
+
+
+__all__ = ["RowStore", "RankParts", "StoreClusterSampler", "StoreRandomSampler"]

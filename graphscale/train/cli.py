@@ -86,6 +86,9 @@ def _run(args) -> int:
     nproc = _check_nproc(args.nproc, cfg, env)
     nodes = _check_nodes(args, cfg, env)
     api.check(cfg)
+    if cfg.data.partitions:  # a partitioned store: at least one part per process, before launching
+        from graphscale.train.partitioned import check_store_world
+        check_store_world(cfg, max(nproc * nodes.nnodes, env.world_size if env.distributed else 1))
     if (nproc > 1 or nodes.multi) and not env.distributed:  # start the workers: each runs this command without --nproc
         return _launch(nproc, [*([config] if config else []), *overrides, *(["--resume"] if args.resume else [])],
                        cfg.log.out, nodes, cfg.train.dist_timeout)

@@ -21,7 +21,7 @@ import torch
 
 from graphscale.data.part_store import SPLITS, StoreError, owned_parts, read_meta
 from graphscale.errors import ConfigError
-from graphscale.sampling.store_sampler import RankParts, StoreClusterSampler
+from graphscale.sampling.store_sampler import RankParts, StoreClusterSampler, StoreRandomSampler
 from graphscale.train import distributed
 from graphscale.train.config import Config, explicit_keys, where
 
@@ -29,7 +29,7 @@ from graphscale.train.config import Config, explicit_keys, where
 DATA_KEYS_NOT_IN_STORE = ("root", "partitions", "store_verify")
 #: samplers that need the whole graph in every process
 WHOLE_GRAPH_SAMPLERS = ("full", "neighbor")
-STORE_SAMPLERS = ("cluster",)
+STORE_SAMPLERS = ("cluster", "random")
 _FIXED_BY_STORE = ("imbalance", "vertex_weight", "cache_dir")
 
 
@@ -41,9 +41,11 @@ def resolve_store_config(cfg: Config) -> Config:
 
     * ``data.*`` (except ``root``, ``partitions``, ``store_verify``) are taken from the store; one set
       explicitly must equal the store's value (a store of another data set or shape is refused);
-    * ``sampler.name`` must be ``cluster``; ``full`` / ``neighbor`` need the whole graph;
-    * ``sampler.num_parts`` / ``sampler.partitioner`` are the store's (explicit values must agree);
-      ``imbalance`` / ``vertex_weight`` / ``cache_dir`` were fixed when the store was written;
+    * ``sampler.name`` must be ``cluster`` or ``random``; ``full`` / ``neighbor`` need the whole graph;
+    * with ``cluster``, ``sampler.num_parts`` / ``sampler.partitioner`` are the store's (explicit
+      values must agree); with ``random``, ``num_parts`` is the random parts per epoch, as in memory;
+      ``imbalance`` / ``vertex_weight`` were fixed when the store was written (an explicit value must
+      be the recorded one), ``cache_dir`` does not apply;
     * ``sampler.eval_name`` is ``parts`` (the default with a store); ``full`` / ``random`` / ``metis``
       / ``layerwise`` set explicitly are refused (they need the whole graph);
     * ``train.mode=layerwise`` is refused (it aggregates over the whole graph).
@@ -63,21 +65,23 @@ def resolve_store_config(cfg: Config) -> Config:
         why = "needs the whole graph in every process" if s.name in WHOLE_GRAPH_SAMPLERS else \
             "has no partitioned-store version yet"
         raise ConfigError(f"sampler.name={s.name}{where(cfg, 'sampler.name')} {why}, but data.partitions="
-                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster",
+                          f"{d.partitions} gives each process only its parts; use sampler.name=cluster or random",
                           key="sampler.name")
     explicit = explicit_keys(cfg)
-    for key in _FIXED_BY_STORE:
-        if f"sampler.{key}" in explicit:
-            raise ConfigError(f"sampler.{key} is set{where(cfg, 'sampler.' + key)} but with data.partitions the "
-                              f"partition is the store's, fixed when it was written; remove it", key=f"sampler.{key}")
+    root = os.path.expanduser(d.partitions)
+    meta = read_meta(root)
+    written = meta.get("method_options", {})
+    for key in _FIXED_BY_STORE:  # accepted only where it states what the store was written with
+        if f"sampler.{key}" in explicit and not (s.name == "cluster" and written.get(key, object()) == getattr(s, key)):
+            raise ConfigError(f"sampler.{key}={getattr(s, key)!r} is set{where(cfg, 'sampler.' + key)} but with "
+                              f"data.partitions the partition is the store's, fixed when it was written (with "
+                              f"{key}={written.get(key, 'not recorded')!r}); remove it", key=f"sampler.{key}")
     if s.eval_name != "parts":
         if "sampler.eval_name" in explicit:
             raise ConfigError(f"sampler.eval_name={s.eval_name}{where(cfg, 'sampler.eval_name')} needs the whole "
                               f"graph, but data.partitions={d.partitions} gives each process only its parts; use "
                               f"sampler.eval_name=parts (each process predicts its own parts)", key="sampler.eval_name")
         s.eval_name = "parts"
-    root = os.path.expanduser(d.partitions)
-    meta = read_meta(root)
     stored = meta["data_config"]
     for key, value in stored.items():
         if key in DATA_KEYS_NOT_IN_STORE or not hasattr(d, key):
@@ -89,12 +93,25 @@ def resolve_store_config(cfg: Config) -> Config:
     for key, value in stored.items():
         if key not in DATA_KEYS_NOT_IN_STORE and hasattr(d, key):
             setattr(d, key, value)
-    for key, value in (("num_parts", meta["num_parts"]), ("partitioner", meta["method"])):
+    fixed = (("num_parts", meta["num_parts"]), ("partitioner", meta["method"])) if s.name == "cluster" else ()
+    for key, value in fixed:  # Cluster-GCN's clusters are the store's parts
         if f"sampler.{key}" in explicit and getattr(s, key) != value:
             raise StoreError(f"sampler.{key}={getattr(s, key)!r}{where(cfg, 'sampler.' + key)} but the store {root} "
                              f"has {key}={value!r} ({root}/meta.json); drop sampler.{key} or write a store with it")
         setattr(s, key, value)
     return cfg
+
+
+def check_store_world(cfg: Config, world_size: int) -> None:
+    """Refuse ``world_size`` processes (times ``train.grad_accum`` groups) on a store with fewer parts,
+    before any process is started (the same checks run again in every rank)."""
+    meta = read_meta(os.path.expanduser(cfg.data.partitions))
+    owned_parts(meta["num_parts"], 0, world_size)
+    groups = world_size * cfg.train.grad_accum
+    if groups > meta["num_parts"]:
+        raise ConfigError(f"{world_size} process(es) x train.grad_accum={cfg.train.grad_accum} = {groups} groups of "
+                          f"parts, but the store {cfg.data.partitions} has only {meta['num_parts']} part(s); partition "
+                          f"into >= {groups} parts or lower train.grad_accum", key="train.grad_accum")
 
 
 @dataclass
@@ -167,8 +184,13 @@ def open_rank_data(cfg: Config, rank: int, world_size: int) -> RankData:
     return data
 
 
-def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int) -> StoreClusterSampler:
+def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int):
+    """The store version of ``sampler.name``: Cluster-GCN over the store's parts, or random parts
+    of the rank's nodes every epoch."""
     s = cfg.sampler
+    if s.name == "random":
+        return StoreRandomSampler(data.parts, s.num_parts, seed=cfg.train.seed, rank=rank, world_size=world_size,
+                                  grad_accum=cfg.train.grad_accum)
     return StoreClusterSampler(data.parts, clusters_per_batch=s.clusters_per_batch, seed=cfg.train.seed,
                                diag_lambda=s.diag_lambda, rank=rank, world_size=world_size,
                                grad_accum=cfg.train.grad_accum)
@@ -177,19 +199,26 @@ def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int)
 @torch.no_grad()
 def predict_store(trainer) -> dict:
     """``{split: (global ids, logits, labels)}`` of this rank's inner split nodes: every owned part
-    predicted alone (with its halo where the store has one), normalised as training batches are."""
+    predicted as if alone (with its halo where the store has one; :meth:`RankParts.blocks`),
+    normalised as training batches are."""
     trainer.model.eval()
     rp: RankParts = trainer.data.parts
-    lam = trainer.cfg.sampler.diag_lambda
+    s = trainer.cfg.sampler
     out = {k: ([], [], []) for k in SPLITS}
-    for part in rp.parts:
-        sub = rp.batch([part.index], diag_lambda=lam)
-        logits = trainer._forward(sub)[:part.num_inner].float().cpu()
-        for k in SPLITS:
-            loc = part.split[k]
-            out[k][0].append(part.nodes[loc])
-            out[k][1].append(logits[loc])
-            out[k][2].append(part.y[loc])
+    # clusters_per_batch parts per forward pass, side by side (block-diagonal): each part's outputs are
+    # those of the part alone, at the cost of a training step's memory
+    owned = [P.index for P in rp.parts]
+    for i in range(0, len(owned), s.clusters_per_batch):
+        chunk = owned[i:i + s.clusters_per_batch]
+        sub, starts = rp.blocks(chunk, diag_lambda=s.diag_lambda)
+        logits = trainer._forward(sub).float().cpu()
+        for p, start in zip(chunk, starts):
+            part = rp.parts[rp.index[p]]
+            for k in SPLITS:
+                loc = part.split[k]
+                out[k][0].append(part.nodes[loc])
+                out[k][1].append(logits[start + loc])
+                out[k][2].append(part.y[loc])
     return {k: tuple(torch.cat(v) for v in out[k]) for k in SPLITS}
 
 

@@ -136,7 +136,7 @@ def usage_table() -> str:
                  f"controller=l2o); model.name={LAYERWISE_MODEL}; no sampler.* or memory.* keys")
     lines.append(f"every mode: train.{', train.'.join((*_ALWAYS['train'], 'data_prep'))}"
                  f" (+ powersgd_rank, powersgd_start_iter with comm_hook=powersgd)")
-    lines.append("data.partitions (a store): data.store_verify; sampler.name=cluster, sampler.eval_name=parts")
+    lines.append("data.partitions (a store): data.store_verify; sampler.name=cluster or random, sampler.eval_name=parts")
     lines.append(f"data.name=synthetic-*: {', '.join(_SYNTHETIC)} (+ {', '.join(_SYNTHETIC_FEATURES)} except "
                  f"synthetic-proteins); *proteins: node_feat_aggr")
     return "\n".join(lines)

@@ -62,6 +62,9 @@ def _partition(args) -> int:
     if not out:
         raise ConfigError("no output folder: pass --out DIR (or set data.partitions in the config)")
     check_store_args(parts, None, method, args.halo)
+    if method != "metis" and s.vertex_weight != "none":
+        raise ConfigError(f"sampler.vertex_weight={s.vertex_weight} in the config weights METIS parts, but --method is "
+                          f"{method}; use --method metis or sampler.vertex_weight=none")
     check_out(out, args.overwrite)
     data_cfg = {k: v for k, v in to_dict(cfg)["data"].items() if k not in DATA_KEYS_NOT_IN_STORE}
     t0 = time.perf_counter()
@@ -81,7 +84,8 @@ def _partition(args) -> int:
             opts["vertex_weight"] = vw
     t1 = time.perf_counter()
     meta = write_store(data, out, parts, method=method, halo=args.halo, seed=seed, data_config=data_cfg,
-                       method_options=opts, overwrite=args.overwrite, progress=not args.no_progress)
+                       method_options=opts, overwrite=args.overwrite, progress=not args.no_progress,
+                       record_options={"vertex_weight": s.vertex_weight} if method == "metis" else None)
     took = time.perf_counter() - t1
     size = sum(f["bytes"] for f in meta["files"].values())
     inner = [q["inner"] for q in meta["parts"]]

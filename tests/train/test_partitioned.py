@@ -156,6 +156,30 @@ def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, 
             assert torch.equal(rp.y[b.node_ids], products.y[a.node_ids])
 
 
+def test_store_random_batches_are_the_in_memory_random_partition_batches(products, tmp_path):
+    from graphscale.sampling.samplers import PartitionSampler
+    from graphscale.sampling.store_sampler import StoreRandomSampler
+    out = str(tmp_path / "s")
+    write_store(products, out, 6, "metis", seed=0, progress=False)
+    rp = RankParts(out, read_meta(out), list(range(6)))
+    mem = PartitionSampler(products.edge_index, products.num_nodes, 7, seed=5, partitioner="random")
+    st = StoreRandomSampler(rp, 7, seed=5)
+    eid_of_local = torch.cat([torch.cat([P.eid, P.cross_eid]) for P in rp.parts])
+    assert len(st) == len(mem) == 7
+    for epoch in (1, 2):
+        for a, b in zip(mem.epoch(epoch), st.epoch(epoch), strict=True):
+            assert torch.equal(rp.global_ids[b.node_ids], a.node_ids)
+            assert torch.equal(b.edge_index, a.edge_index)
+            assert torch.equal(eid_of_local[b.edge_ids], a.edge_ids)
+    # two groups (2 processes, or grad_accum=2): each step's nodes come from its own group's parts only
+    st2 = StoreRandomSampler(rp, 7, seed=5, grad_accum=2)
+    steps = list(st2.epoch(1))
+    assert len(st2) == 8 and len(steps) == 8
+    book = torch.from_numpy(np.load(os.path.join(out, "book.npy"))).long()
+    for i, sub in enumerate(steps):
+        assert (book[rp.global_ids[sub.node_ids]] % 2 == i % 2).all()
+
+
 def test_halo_batch_is_the_full_in_neighbourhood(products, tmp_path):
     out = str(tmp_path / "s")
     write_store(products, out, 5, "metis", halo=1, seed=0, progress=False)
@@ -177,13 +201,24 @@ def test_halo_batch_is_the_full_in_neighbourhood(products, tmp_path):
         assert not is_inner[halo].any() and halo.unique().numel() == halo.numel()
         assert torch.equal(rp.x[sub.node_ids], products.x[glob])
         assert not torch.isin(rp.split["train"], sub.node_ids[inner.numel():]).any()  # halo rows carry no loss
+    # evaluation blocks: parts side by side, each exactly its batch alone (halo rows not shared)
+    blk, starts = rp.blocks([0, 3, 4])
+    ends = starts[1:] + [blk.num_nodes]
+    for p, a, b in zip([0, 3, 4], starts, ends):
+        alone = rp.batch([p])
+        assert torch.equal(rp.global_ids[blk.node_ids[a:b]], rp.global_ids[alone.node_ids])
+        inside = (blk.edge_index[1] >= a) & (blk.edge_index[1] < b)
+        assert bool(((blk.edge_index[0][inside] >= a) & (blk.edge_index[0][inside] < b)).all())
+        key = lambda e: set(map(tuple, e.t().tolist()))  # noqa: E731
+        assert key(blk.edge_index[:, inside] - a) == key(alone.edge_index)
 
 
 # ----------------------------------------------------------------------------------- training
-def _train(overrides, out):
+def _train(overrides, out, drop=()):
     from graphscale.train.api import train
     from graphscale.train.config import load_config
-    return train(load_config(None, [*TINY, *overrides, f"log.out={out}"]))
+    base = [o for o in TINY if o.split("=")[0] not in drop]
+    return train(load_config(None, [*base, *overrides, f"log.out={out}"]))
 
 
 def _model(out):
@@ -208,6 +243,14 @@ def test_training_from_the_store_equals_in_memory_cluster_gcn(store, root, tmp_p
     assert st["dataset"] == mem["dataset"] == "synthetic-products"
     assert st["config"]["sampler"]["eval_name"] == "parts" and st["config"]["data"]["partitions"] == store
     assert 0.0 <= st["best_valid"] <= 1.0
+
+
+def test_random_batches_from_the_store_train_like_in_memory(store, root, tmp_path):
+    drop = ("sampler.clusters_per_batch",)
+    extra = [f"data.root={root}", "sampler.name=random", "sampler.num_parts=4", "train.epochs=2"]
+    _train(extra, tmp_path / "mem", drop=drop)
+    _train([*extra, f"data.partitions={store}"], tmp_path / "st", drop=drop)
+    assert _worst(_model(tmp_path / "mem"), _model(tmp_path / "st")) <= 1e-6
 
 
 def test_store_evaluation_scores_the_gathered_predictions(store, root, tmp_path):
@@ -257,6 +300,9 @@ def test_halo_store_trains_and_deep_models_run(products, root, tmp_path):
                   "model.num_layers=2", "model.hidden_channels=8", "memory.compression=layers", "train.grad_accum=2"],
                  tmp_path / "rev")
     assert np.isfinite(_rows(tmp_path / "rev")[0]["loss"]) and res["epochs"] == 1
+    res = _train([f"data.root={root}", f"data.partitions={out}", "train.epochs=1", "model.name=deq-gnn",
+                  "model.hidden_channels=8", "model.max_iter=5"], tmp_path / "deq", drop=("model.num_layers",))
+    assert np.isfinite(_rows(tmp_path / "deq")[0]["loss"]) and res["epochs"] == 1
 
 
 # ----------------------------------------------------------------------------------- 2 processes
@@ -384,8 +430,12 @@ def test_store_config_errors(store, root, tmp_path):
         check(cfg("sampler.name=neighbor"))
     with pytest.raises(ConfigError, match=r"sampler.eval_name=full .* needs the whole graph.* sampler.eval_name=parts"):
         check(cfg("sampler.eval_name=full"))
-    with pytest.raises(ConfigError, match=r"sampler.imbalance is set .* fixed when it was written"):
+    with pytest.raises(ConfigError, match=r"sampler.imbalance=0.1 is set .* fixed when it was written \(with "
+                                          r"imbalance=0.03\)"):
         check(cfg("sampler.imbalance=0.1"))
+    check(cfg("sampler.imbalance=0.03", "sampler.vertex_weight=none"))  # what the store was written with
+    with pytest.raises(ConfigError, match=r"sampler.cache_dir='x' is set"):
+        check(cfg("sampler.cache_dir=x"))
     with pytest.raises(ConfigError, match=r"sampler.eval_name=parts .* data.partitions is not set"):
         check(load_config(None, ["sampler.eval_name=parts"]))
     with pytest.raises(ConfigError, match=r"data.store_verify is set .* does not use it"):
