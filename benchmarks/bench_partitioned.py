@@ -23,8 +23,11 @@ Targets (issue 19), reported as met / not met with the numbers: per-rank private
 the largest rank) from the store <= in-memory W = 1 USS / W + 300 MB; test accuracy within 0.5 point
 of the in-memory run at the same W; store epoch time <= 1.1 x in-memory at W = 1.
 
-Every process runs with ``OMP_NUM_THREADS=1`` (``--threads``). On a 2-core machine W = 4 runs 4 processes
-on 2 cores: its times measure contention, not scaling.
+Every process runs with ``OMP_NUM_THREADS=1`` (``--threads``). ``--nproc`` refuses more processes than
+cores on CPU, so a W above the core count runs as W / cores torchrun agents on 127.0.0.1
+(``graphscale train --nnodes K --node-rank k``); on a 2-core machine W = 4 runs 4 processes on 2 cores:
+its times measure contention, not scaling. A run that would not fit the memory available (judged from
+the in-memory W = 1 run's training-epoch PSS) is recorded as skipped instead of started.
 
 Usage::
 
