@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
                "  graphscale train configs/quickstart.yaml --out runs/q --resume\n"
                "  graphscale train configs/quickstart.yaml --nproc 2   (= torchrun --nproc-per-node 2 -m graphscale "
                "train ...)\n"
+               "  graphscale train CONFIG --nproc 4 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500   (on node 0;\n"
+               "    the same with --node-rank 1 on node 1)\n"
                "  graphscale train --list-keys")
     p.add_argument("config", nargs="?", help="YAML config file (omit to start from the defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -32,6 +34,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="data-parallel processes on this machine, started through torchrun (one per GPU; gloo "
                         "processes on CPU); see docs/distributed.md")
+    p.add_argument("--nnodes", type=int, default=1, metavar="K",
+                   help="machines in the job (default 1); run the same command on each of them with its own "
+                        "--node-rank, --nproc processes per machine; see docs/distributed.md")
+    p.add_argument("--node-rank", type=int, default=None, metavar="R",
+                   help="with --nnodes K: this machine's index, 0 <= R < K, different on every machine "
+                        "(node 0 hosts the rendezvous)")
+    p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                   help="with --nnodes K: node 0's address and a free port there, the same on every machine")
+    p.add_argument("--rdzv-backend", default="static", choices=("static", "c10d"),
+                   help="with --nnodes K: static (default; ranks fixed by --node-rank) or c10d (ranks handed out "
+                        "as the machines join; needs --rdzv-id, takes no --node-rank)")
+    p.add_argument("--rdzv-id", default=None, metavar="NAME",
+                   help="with --rdzv-backend c10d: the job's name, the same on every machine")
     p.add_argument("--distributed", action="store_true",
                    help="join a process group and train under DDP even with one process (same as "
                         "train.distributed=true): checks gloo / nccl and the communication hooks on one device")
@@ -69,13 +84,14 @@ def _run(args) -> int:
     from graphscale.train import api, distributed
     env = distributed.DistEnv.from_env()
     nproc = _check_nproc(args.nproc, cfg, env)
+    nodes = _check_nodes(args, cfg, env)
     api.check(cfg)
     if cfg.data.partitions:  # a partitioned store: at least one part per process, before launching
         from graphscale.train.partitioned import check_store_world
-        check_store_world(cfg, max(nproc, env.world_size if env.distributed else 1))
-    if nproc > 1 and not env.distributed:  # start the workers: each runs this command without --nproc
+        check_store_world(cfg, max(nproc * nodes.nnodes, env.world_size if env.distributed else 1))
+    if (nproc > 1 or nodes.multi) and not env.distributed:  # start the workers: each runs this command without --nproc
         return _launch(nproc, [*([config] if config else []), *overrides, *(["--resume"] if args.resume else [])],
-                       cfg.log.out)
+                       cfg.log.out, nodes, cfg.train.dist_timeout)
     if env.distributed:
         _die_with_parent()  # a worker whose torchrun agent is killed must not go on training
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -121,6 +137,22 @@ def _check_nproc(nproc: int | None, cfg, env) -> int:
     return nproc
 
 
+def _check_nodes(args, cfg, env):
+    """``--nnodes / --node-rank / --rdzv-*`` checked before anything starts (one-line errors)."""
+    from graphscale.errors import ConfigError
+    from graphscale.train import distributed
+
+    nodes = distributed.Nodes(args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_backend, args.rdzv_id)
+    nodes.check()
+    if nodes.multi and env.distributed:
+        raise ConfigError(f"--nnodes {nodes.nnodes} inside a torchrun worker (WORLD_SIZE={env.world_size}): the "
+                          f"launcher starts the workers; run graphscale train without torchrun")
+    if nodes.multi and cfg.train.device.startswith("cuda:"):
+        raise ConfigError(f"train.device={cfg.train.device!r} with --nnodes {nodes.nnodes}: each process takes its "
+                          f"own GPU (cuda:LOCAL_RANK); use train.device=cuda or auto")
+    return nodes
+
+
 def _die_with_parent() -> None:
     """Linux: ask the kernel to send this process SIGTERM when its parent (the torchrun agent) dies,
     so a worker never outlives a killed agent. Elsewhere a no-op."""
@@ -138,19 +170,22 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _launch(nproc: int, args: list[str], out: str) -> int:
+def _launch(nproc: int, args: list[str], out: str, nodes=None, timeout_s: float = 600.0) -> int:
     """Run torchrun with ``nproc`` workers and stop all of them when this process is told to stop.
 
     On SIGTERM / SIGINT the launcher SIGKILLs torchrun and every worker at once: a checkpoint is written
     atomically, so a kill at any point leaves the last one whole (and its temporary file is removed
     by the next ``--resume``). Asking torchrun to stop them instead takes seconds per worker blocked in a
     collective and prints torchrun's own traceback. If the launcher itself dies (even by SIGKILL)
-    torchrun gets SIGTERM, and every worker gets SIGTERM when torchrun dies (:func:`_die_with_parent`)."""
+    torchrun gets SIGTERM, and every worker gets SIGTERM when torchrun dies (:func:`_die_with_parent`).
+    With ``nodes`` (``--nnodes K``) this starts this machine's agent of a K-machine job, whose rendezvous
+    waits up to ``timeout_s`` (``train.dist_timeout``) for the other machines; the same rules apply to it."""
     import subprocess
 
     from graphscale.train import distributed
 
-    cmd = distributed.torchrun_command(nproc, ["-m", "graphscale"], ["train", *args])
+    nodes = distributed.Nodes() if nodes is None else nodes
+    cmd = distributed.multinode_command(nproc, nodes, ["-m", "graphscale"], ["train", *args], timeout_s)
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, preexec_fn=_pdeathsig_term)
     stopped = []
@@ -176,8 +211,11 @@ def _launch(nproc: int, args: list[str], out: str) -> int:
               f"continue", file=sys.stderr)
         return 128 - rc
     if rc != 0:
-        print(f"graphscale train: error: the {nproc}-process run failed (exit status {rc}); the failing rank's "
-              f"message is above", file=sys.stderr)
+        where = f" on node {nodes.node_rank} of {nodes.nnodes}" if nodes.multi and nodes.node_rank is not None else ""
+        hint = (f" (when another machine stops, or does not join the rendezvous at {nodes.endpoint} within "
+                f"train.dist_timeout = {timeout_s:g} s, this machine's ranks stop too)" if nodes.multi else "")
+        print(f"graphscale train: error: the {nproc}-process run{where} failed (exit status {rc}); the failing rank's "
+              f"message is above{hint}", file=sys.stderr)
     return rc
 
 

@@ -176,6 +176,9 @@ class TrainConfig:
                                  "change between steps; needs ddp_static_graph=false)")
     comm_hook: str = _choice("none", "none", "powersgd", "signsgd", doc="gradient communication: plain "
                              "all-reduce, PowerSGD low-rank, or 1-bit sign with error feedback")
+    data_prep: str = _choice("node", "node", "job", doc="who writes / downloads the data set and partition caches "
+                             "under data.root first: node = local rank 0 of every machine (a disk per machine); "
+                             "job = global rank 0 only (data.root on a filesystem every machine shares)")
     powersgd_rank: int = _doc(1, "powersgd: rank of the gradient factors")
     powersgd_start_iter: int = _doc(10, "powersgd: plain all-reduce steps before compression starts")
     # Layer-wise training (L-GCN / L2-GCN, graphscale.train.layerwise; docs/layerwise.md).

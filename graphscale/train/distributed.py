@@ -213,6 +213,77 @@ def main_first():
         barrier()
 
 
+#: ``train.data_prep`` values: who writes / downloads data sets and partition caches first.
+DATA_PREP = ("node", "job")
+
+
+def is_prep_rank(scope: str = "node", env: DistEnv | None = None) -> bool:
+    """True on the process that prepares data for ``scope``: ``node`` = local rank 0 of every node
+    (each node writes its own copy, local disks), ``job`` = global rank 0 only (one shared filesystem)."""
+    if scope not in DATA_PREP:
+        raise ConfigError(f"train.data_prep={scope!r}: expected one of {', '.join(DATA_PREP)}")
+    env = DistEnv.from_env() if env is None else env
+    if scope == "job":
+        return is_main()
+    return env.local_rank == 0 if env.distributed else is_main()
+
+
+@contextlib.contextmanager
+def prep_first(scope: str = "node", root: str | None = None):
+    """Run the body on the preparing rank(s) first, then on the others (DESIGN rule 11, per node or per job).
+
+    ``scope`` is ``train.data_prep``: ``node`` -- the local rank 0 of each node writes / downloads the data
+    set and computes the cached partition into ``data.root`` on its own disk while the node's other ranks
+    wait; ``job`` -- global rank 0 alone does it, for a ``data.root`` on a filesystem every node shares.
+    The barrier is global, so all preparers work at the same time and every rank enters the body after
+    all of them are done. With ``job`` and a ``root``, rank 0 then leaves a token file in ``root`` that
+    every other rank must see: a root that is not shared stops every rank with a
+    :class:`~graphscale.errors.ConfigError` (instead of each node racing to write its own copy).
+    """
+    first = is_prep_rank(scope)
+    check = scope == "job" and root is not None and _active()
+    if not first:
+        barrier()
+        if check:  # before this rank's body: one that does not see rank 0's files must not write its own
+            check_shared_root(root)
+    yield
+    if first:
+        barrier()
+        if check:
+            check_shared_root(root)
+
+
+def check_shared_root(root: str) -> None:
+    """Collective: every rank must see the file rank 0 writes into ``root`` (``train.data_prep=job``).
+
+    Rank 0 writes ``root/.graphscale-shared-<random>``; the name is broadcast; a rank that cannot see
+    it raises, on every rank, naming the rank, its host and the folder. Skipped (for all ranks) when
+    rank 0 cannot write into ``root`` (a read-only copy of the data, which nobody writes anyway)."""
+    token = None
+    if dist.get_rank() == 0:
+        name = f".graphscale-shared-{os.urandom(8).hex()}"
+        try:
+            with open(os.path.join(root, name), "w") as fh:
+                fh.write(socket.gethostname())
+            token = name
+        except OSError:
+            token = None
+    token = broadcast_object(token)
+    if token is None:
+        return
+    path = os.path.join(root, token)
+    seen = os.path.exists(path)
+    try:
+        agree(None if seen else f"train.data_prep=job but {root!r} on host {socket.gethostname()} does not hold "
+                                f"the file rank 0 just wrote there: data.root is not on a filesystem every node "
+                                f"shares; use train.data_prep=node (each node prepares its own copy)")
+    finally:
+        barrier()
+        if dist.get_rank() == 0:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
 def all_reduce_sum(values: list[float], device=None) -> list[float]:
     """Sum a few Python numbers over ranks (float64; identity in a 1-process job)."""
     if not _active():
@@ -388,6 +459,97 @@ def torchrun_command(nproc: int, entry: list[str], args: list[str], master_port:
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
             "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "0",
             "--monitor-interval", str(monitor_interval), *entry, *args]
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Where this torchrun agent sits in a multi-node job (``graphscale train --nnodes K ...``).
+
+    Attributes:
+        nnodes: machines in the job ``K`` (each runs one agent with ``--nproc`` workers).
+        node_rank: this machine's index ``0 <= R < K`` (static rendezvous: node 0 hosts the store at
+            ``endpoint`` and its workers take global ranks ``0 .. nproc-1``).
+        endpoint: ``HOST:PORT`` every node reaches: node 0's address and a port free there.
+        backend: ``static`` (node ranks fixed by ``node_rank``) or ``c10d`` (ranks handed out at the
+            rendezvous, in joining order; needs ``rdzv_id``, takes no ``node_rank``).
+        rdzv_id: the job's name, the same on every node (``c10d``).
+    """
+
+    nnodes: int = 1
+    node_rank: int | None = None
+    endpoint: str | None = None
+    backend: str = "static"
+    rdzv_id: str | None = None
+
+    @property
+    def multi(self) -> bool:
+        return self.nnodes > 1
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = (self.endpoint or "").rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def check(self) -> None:
+        """One-line :class:`~graphscale.errors.ConfigError` for every bad combination, before launching."""
+        if self.nnodes < 1:
+            raise ConfigError(f"--nnodes {self.nnodes}: expected a number of machines >= 1")
+        if self.backend not in ("static", "c10d"):
+            raise ConfigError(f"--rdzv-backend {self.backend!r}: expected static or c10d")
+        if not self.multi:
+            given = [f for f, v in (("--node-rank", self.node_rank), ("--rdzv-endpoint", self.endpoint),
+                                    ("--rdzv-id", self.rdzv_id)) if v is not None]
+            if given or self.backend != "static":
+                raise ConfigError(f"{', '.join(given) or '--rdzv-backend'} given with --nnodes 1: these describe a "
+                                  f"multi-machine job; pass --nnodes K (K >= 2) or leave them out")
+            return
+        if self.endpoint is None:
+            raise ConfigError(f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address and a free "
+                              f"port there, the same on every node)")
+        host, sep, port = self.endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"--rdzv-endpoint {self.endpoint!r}: expected HOST:PORT with a port in 1..65535, "
+                              f"e.g. node0.cluster:29500")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            raise ConfigError(f"--rdzv-endpoint {self.endpoint!r}: the host {host!r} does not resolve on this "
+                              f"machine") from None
+        if self.backend == "static":
+            if self.node_rank is None:
+                raise ConfigError(f"--nnodes {self.nnodes} needs --node-rank R (0 <= R < {self.nnodes}), different "
+                                  f"on every machine; node 0 hosts the rendezvous")
+            if not 0 <= self.node_rank < self.nnodes:
+                raise ConfigError(f"--node-rank {self.node_rank}: expected 0 <= R < --nnodes {self.nnodes}")
+        else:
+            if self.node_rank is not None:
+                raise ConfigError(f"--node-rank {self.node_rank} with --rdzv-backend c10d: c10d hands out node ranks "
+                                  f"at the rendezvous; leave --node-rank out or use --rdzv-backend static")
+            if not self.rdzv_id:
+                raise ConfigError("--rdzv-backend c10d needs --rdzv-id NAME, the same on every node (the job's "
+                                  "name at the rendezvous)")
+
+    def torchrun_args(self, timeout_s: float) -> list[str]:
+        """torchrun's options for this node (``timeout_s``: how long the rendezvous waits for the others)."""
+        if not self.multi:
+            return []
+        args = ["--nnodes", str(self.nnodes), "--rdzv-backend", self.backend, "--rdzv-endpoint", str(self.endpoint)]
+        if self.backend == "static":
+            args += ["--node-rank", str(self.node_rank), "--rdzv-conf", f"timeout={max(1, int(timeout_s))}"]
+        else:
+            args += ["--rdzv-id", str(self.rdzv_id), "--rdzv-conf", f"join_timeout={max(1, int(timeout_s))}"]
+        return args
+
+
+def multinode_command(nproc: int, nodes: Nodes, entry: list[str], args: list[str], timeout_s: float = 600.0,
+                      monitor_interval: float = 0.5) -> list[str]:
+    """``python -m torch.distributed.run`` for this node of a ``nodes.nnodes``-machine job: ``nproc``
+    workers here, rendezvous at ``nodes.endpoint`` (waiting up to ``timeout_s`` for the other nodes).
+    With one node it is :func:`torchrun_command` (127.0.0.1 and a free port)."""
+    if not nodes.multi:
+        return torchrun_command(nproc, entry, args, monitor_interval=monitor_interval)
+    return [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(timeout_s),
+            "--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", str(monitor_interval),
+            *entry, *args]
 
 
 # ------------------------------------------------------------------------------------------ DDP

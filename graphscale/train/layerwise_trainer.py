@@ -126,7 +126,8 @@ class LayerwiseTrainer:
 
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
+        # local rank 0 of each node (train.data_prep=node) or rank 0 (job) writes / downloads the data set first
+        with distributed.prep_first(t.data_prep, os.path.expanduser(cfg.data.root)):
             self.data = data = load_data(cfg)
         self.store = self._store(data)
         self.metric, self.loss = Metric(data.metric, data.task, data.evaluator), loss_fn(data.task)

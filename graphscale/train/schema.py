@@ -46,6 +46,7 @@ def used_keys(cfg: Config) -> dict[str, dict[str, str]]:
     d, s, m, t = cfg.data, cfg.sampler, cfg.model, cfg.train
     for section, keys in _ALWAYS.items():
         add(section, keys, "every run")
+    add("train", ("data_prep",), "every run")  # distributed.prep_first: who writes data.root first
     if d.name.startswith("synthetic-"):
         add("data", _SYNTHETIC, f"data.name={d.name}")
         if d.name != "synthetic-proteins":
@@ -135,7 +136,7 @@ def usage_table() -> str:
     lines.append(f"train.mode=standard: {', '.join(_STANDARD_TRAIN)}")
     lines.append(f"train.mode=layerwise: {', '.join(_LAYERWISE_TRAIN)} (+ {', '.join(_L2O_TRAIN)} with "
                  f"controller=l2o); model.name={LAYERWISE_MODEL}; no sampler.* or memory.* keys")
-    lines.append(f"every mode: train.{', train.'.join(_ALWAYS['train'])}"
+    lines.append(f"every mode: train.{', train.'.join((*_ALWAYS['train'], 'data_prep'))}"
                  f" (+ powersgd_rank, powersgd_start_iter with comm_hook=powersgd)")
     lines.append("data.partitions (a store): data.store_verify; sampler.name=cluster or random, sampler.eval_name=parts")
     lines.append(f"data.name=synthetic-*: {', '.join(_SYNTHETIC)} (+ {', '.join(_SYNTHETIC_FEATURES)} except "

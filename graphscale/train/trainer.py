@@ -84,7 +84,8 @@ class Trainer:
         elif self._given is not None:
             self.data = data = self._given
         else:
-            with distributed.main_first():  # rank 0 writes / downloads the data set, then the others read it
+            # local rank 0 of each node (train.data_prep=node) or rank 0 (job) writes / downloads the data set first
+            with distributed.prep_first(cfg.train.data_prep, os.path.expanduser(cfg.data.root)):
                 self.data = data = load_data(cfg)
         if cfg.sampler.name not in ("full", "neighbor") and not store:
             check_num_parts(cfg.sampler.num_parts, data.num_nodes)
@@ -113,7 +114,7 @@ class Trainer:
         if store:
             self.sampler = build_store_sampler(cfg, data, self.rank, self.world_size)
         else:
-            with distributed.main_first():  # rank 0 computes and caches the partition, the others read it
+            with distributed.prep_first(cfg.train.data_prep):  # the same rank(s) compute and cache the partition first
                 self.sampler = build_sampler(cfg.sampler, data.edge_index, data.num_nodes, cfg.train.seed, cache,
                                              train_mask=self.train_mask)
         self.cache_dir = cache
