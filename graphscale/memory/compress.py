@@ -212,7 +212,9 @@ def find_uncompressed(model: nn.Module, example_inputs=None) -> list[tuple[str, 
     PyG or graphscale that are neither compressed, nor registered (:func:`register_compressed`), nor
     covered by the functional rule (torch activation modules such as ``nn.GELU``, whose forward is one
     covered call), nor known to save no float activations. Modules defined elsewhere (the user's own)
-    are judged by the calls their forward makes, below.
+    and graphscale's fused convs (``graphscale.nn.GCNConv`` / ``SAGEConv`` / ``GENConv`` and their
+    aggregation modules: what they save depends on the path that runs) are judged by what their forward
+    saves, below.
 
     Calls (see :mod:`graphscale.memory.functional`; the calls it covers, ``F.relu``, ``F.dropout``,
     ``F.gelu``, ..., are not listed): found by running a forward, so

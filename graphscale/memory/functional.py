@@ -375,7 +375,10 @@ class Recorder:
     keeps by reference, what compressed layers save (their own small statistics), and what runs under
     inner saved-tensor hooks (hooked modules, compressed aggregations: those are compressed), and what
     the compressed twin of a covered call saves (masks, per-channel ``rstd``) while ``rule.rerouting``,
-    and norm calls when the rule keeps norms exact (``norms=False``: exact on request, as norm modules).
+    and norm calls when the rule keeps norms exact (``norms=False``: exact on request, as norm modules),
+    and broadcast views of tensors without history (per-node counts expanded over the features: graph
+    structure, which the hooks keep exact too). A tensor saved by a custom ``autograd.Function`` is
+    named by its class (e.g. ``graphscale.ops.reference.SoftmaxAggr``).
     """
 
     def __init__(self, root: nn.Module, rule: FunctionalRule):
