@@ -127,6 +127,12 @@ def test_gen_mean_without_edge_features_is_fully_compressed():
     x, ei = _graph(num_edges=30 * N)
     gen = compress_model(Net(lambda i, o: GENConv(i, o, aggr="mean")), bits=2, example_inputs=(x, ei))
     assert find_uncompressed(gen) == []
+    # PyG's path (in-degree 10): relu's mask again; the mean divides by the per-node edge count expanded
+    # over the features, a broadcast view of a tensor without history (structure, not listed)
+    x, ei = _graph()
+    gen = compress_model(Net(lambda i, o: GENConv(i, o, aggr="mean")), bits=2, example_inputs=(x, ei))
+    assert not gen.c1._fusable(ei, {"x": x})
+    assert find_uncompressed(gen) == []
 
 
 def test_pyg_sage_still_becomes_qsageconv():
