@@ -35,6 +35,7 @@ from graphscale.memory.compressed_layers import (QBatchNorm1d, QDropout, QLayerN
 from graphscale.memory.compression_config import CompressionConfig
 from graphscale.memory.functional import (FUNCTIONAL_MODULES, UncompressedLayersError, detect_uncovered,
                                           functional_rule, install_functional_rule)
+from graphscale.nn.conv import _Fused as _FusedConv
 
 __all__ = ["compress_model", "find_uncompressed", "register_compressed", "PRESETS", "hook_compression",
            "UncompressedLayersError"]
@@ -171,11 +172,31 @@ def _library_class(m: nn.Module) -> bool:
     return type(m).__module__.split(".")[0] in _LIBRARIES
 
 
+def _judged_by_forward(model: nn.Module) -> set[int]:
+    """ids of graphscale's fused convs (:mod:`graphscale.nn.conv`) and of their aggregation modules.
+
+    What such a conv saves depends on the path its forward takes (fused: the graphscale op's own
+    storage, e.g. nothing but the adjacency for ``sum`` / ``mean``; PyG's path under explainers, hooks
+    or unfused aggregations: PyG's), so it is judged like user code: the functional rule acts in its
+    forward, its Linear / norm / activation children are compressed as usual, and the first training
+    forward's check (:class:`~graphscale.memory.functional.Recorder`) lists what it still saves.
+    """
+    ids = set()
+    for m in model.modules():
+        if isinstance(m, _FusedConv):
+            ids.add(id(m))
+            aggr = getattr(m, "aggr_module", None)
+            if aggr is not None:
+                ids.update(id(a) for a in aggr.modules())
+    return ids
+
+
 def _static_uncompressed(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     out = []
+    by_forward = _judged_by_forward(model)
     for name, m in model.named_modules():
         if (isinstance(m, _Compressed) or type(m) in _REPLACEMENTS or type(m) in FUNCTIONAL_MODULES
-                or _is_passthrough(m) or not _library_class(m)):
+                or _is_passthrough(m) or not _library_class(m) or id(m) in by_forward):
             continue
         if _does_own_work(m):
             out.append((name or "<root>", type(m).__name__, m))
@@ -191,7 +212,9 @@ def find_uncompressed(model: nn.Module, example_inputs=None) -> list[tuple[str, 
     PyG or graphscale that are neither compressed, nor registered (:func:`register_compressed`), nor
     covered by the functional rule (torch activation modules such as ``nn.GELU``, whose forward is one
     covered call), nor known to save no float activations. Modules defined elsewhere (the user's own)
-    are judged by the calls their forward makes, below.
+    and graphscale's fused convs (``graphscale.nn.GCNConv`` / ``SAGEConv`` / ``GENConv`` and their
+    aggregation modules: what they save depends on the path that runs) are judged by what their forward
+    saves, below.
 
     Calls (see :mod:`graphscale.memory.functional`; the calls it covers, ``F.relu``, ``F.dropout``,
     ``F.gelu``, ..., are not listed): found by running a forward, so

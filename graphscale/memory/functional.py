@@ -52,6 +52,7 @@ outside (so byte counting and outer compression are unaffected), and forward hoo
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Callable
 
@@ -64,7 +65,7 @@ from graphscale.errors import ConfigError
 from graphscale.memory.compressed_layers import (_Compressed, _apply_keep, pack_mask, qbatch_norm, qdropout,
                                                  qlayer_norm, qlinear, stash, unpack_mask, unstash)
 from graphscale.memory.compression_config import CompressionConfig
-from graphscale.memory.hooks import _keep_leaf, step_inputs
+from graphscale.memory.hooks import _broadcast, _keep_leaf, step_inputs
 
 __all__ = ["UncompressedLayersError", "FunctionalCompression", "FunctionalRule", "Recorder", "COVERED", "FUNCTIONAL_MODULES", "op_label",
            "install_functional_rule", "functional_rule", "detect_uncovered"]
@@ -352,6 +353,20 @@ class _CurrentCall(TorchFunctionMode):
             self.current = prev
 
 
+def _function_label() -> str:
+    """The custom ``autograd.Function`` whose ``apply`` is running (a saved tensor outside any torch call
+    comes from one: ``Function.apply`` is no torch function), named by module and class, e.g.
+    ``graphscale.ops.reference.SoftmaxAggr``; found on the Python stack (only during the checked forward)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "apply":
+            cls = frame.f_locals.get("cls")
+            if isinstance(cls, type) and issubclass(cls, torch.autograd.Function):
+                return f"{cls.__module__}.{cls.__qualname__}"
+        frame = frame.f_back
+    return op_label(None)
+
+
 class Recorder:
     """Attributes every float activation saved during a forward of ``root`` to ``(module path, call)``.
 
@@ -360,7 +375,10 @@ class Recorder:
     keeps by reference, what compressed layers save (their own small statistics), and what runs under
     inner saved-tensor hooks (hooked modules, compressed aggregations: those are compressed), and what
     the compressed twin of a covered call saves (masks, per-channel ``rstd``) while ``rule.rerouting``,
-    and norm calls when the rule keeps norms exact (``norms=False``: exact on request, as norm modules).
+    and norm calls when the rule keeps norms exact (``norms=False``: exact on request, as norm modules),
+    and broadcast views of tensors without history (per-node counts expanded over the features: graph
+    structure, which the hooks keep exact too). A tensor saved by a custom ``autograd.Function`` is
+    named by its class (e.g. ``graphscale.ops.reference.SoftmaxAggr``).
     """
 
     def __init__(self, root: nn.Module, rule: FunctionalRule):
@@ -378,9 +396,15 @@ class Recorder:
                 and t.layout == torch.strided):
             name, mod = self.stack[-1]
             norm_kept = not self.rule.norms and self._calls.current in _NORM_CALLS  # exact on request
-            if (not isinstance(mod, _Compressed) and not norm_kept and not _keep_leaf(t, False)
+            # A broadcast view of a tensor without history (e.g. the per-node edge count a mean
+            # aggregation divides by, expanded over the features) is graph structure, not an
+            # activation; the hooks keep it exact too (graphscale.memory.hooks._broadcast).
+            structure = _broadcast(t) and t.grad_fn is None and not t.requires_grad
+            if (not isinstance(mod, _Compressed) and not norm_kept and not structure and not _keep_leaf(t, False)
                     and t.untyped_storage().data_ptr() not in self._param_keys):
-                self.found[(name or "<root>", f"{op_label(self._calls.current)} in forward")] = None
+                call = self._calls.current
+                label = op_label(call) if call is not None else _function_label()
+                self.found[(name or "<root>", f"{label} in forward")] = None
         return (packed,)
 
     def _unpack(self, box):

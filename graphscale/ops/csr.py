@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from graphscale.errors import DataError
+from graphscale.saved_bytes import report_ctx
 
-__all__ = ["CSR", "as_csr"]
+__all__ = ["CSR", "as_csr", "keep_edge_weight"]
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -297,3 +298,24 @@ def as_csr(adj, num_nodes=None, edge_weight: Optional[Tensor] = None) -> CSR:
         return CSR.from_edge_index(adj, num_nodes, edge_weight)
     nn_key = tuple(num_nodes) if isinstance(num_nodes, (tuple, list)) else num_nodes
     return _cached(adj, nn_key, lambda: CSR.from_edge_index(adj, num_nodes))
+
+
+def keep_edge_weight(ctx, w: Optional[Tensor], needed: bool, w_needs_grad: bool) -> Optional[Tensor]:
+    """For an aggregation Function's ``forward``: what to pass to ``ctx.save_for_backward`` for the edge
+    weights ``w [E]`` (``needed``: backward reads them).
+
+    Weights that need no gradient (GCN's normalisation, a CSR's ``value``) are graph structure, like
+    ``ctx.adj``: they are kept on ``ctx.edge_weight`` and reported to byte counts
+    (:func:`graphscale.saved_bytes.report_ctx`), so saved-tensor hooks -- activation compression and
+    its first-forward check -- never take them for an activation (returns ``None``). Weights with a
+    gradient are an activation and are returned to be saved. Backward reads ``ctx.edge_weight`` when the
+    saved slot is ``None``.
+    """
+    ctx.edge_weight = None
+    if w is None or not needed:
+        return None
+    if w_needs_grad:
+        return w
+    ctx.edge_weight = w
+    report_ctx(w)
+    return None

@@ -23,7 +23,9 @@ Semantics (every backend must match them, outputs and gradients):
 
 The autograd Functions here save what backward needs with ``ctx.save_for_backward`` only (so
 ``saved_tensors_hooks`` -- activation compression, byte counting -- see every activation), in one
-place per Function; ``ctx.adj`` is the graph structure, owned by the caller, not an activation.
+place per Function; ``ctx.adj`` is the graph structure, owned by the caller, not an activation, and so
+are edge weights that need no gradient (kept on ``ctx`` by :func:`~graphscale.ops.csr.keep_edge_weight`
+and reported to byte counts).
 
 CPU fast paths (measured on the 2-core dev machine, arxiv-sized random graph, 169k nodes, 2.3M
 edges, 128 features): ``torch.sparse.mm`` on CSR ~300-640 ms (busy machine) vs ~1270 ms for
@@ -38,7 +40,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from graphscale.ops.csr import CSR
+from graphscale.ops.csr import CSR, keep_edge_weight
 
 __all__ = ["spmm", "softmax_aggr", "gen_aggr", "SpMMSumMean", "SpMMMaxMin", "SpMMMaxMinFirst", "SoftmaxAggr",
            "GenAggr"]
@@ -83,12 +85,13 @@ class SpMMSumMean(torch.autograd.Function):
         ctx.adj, ctx.mean, ctx.has_w = adj, mean, w is not None
         # Saved: x only for the weight gradient (SDDMM), w only for the input gradient.
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None,
-                              w if ctx.needs_input_grad[1] else None)
+                              keep_edge_weight(ctx, w, ctx.needs_input_grad[1], ctx.needs_input_grad[2]))
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w = ctx.saved_tensors
+        w = ctx.edge_weight if w is None else w
         adj: CSR = ctx.adj
         g = g.contiguous()
         if ctx.mean:
@@ -184,12 +187,13 @@ class SpMMMaxMinFirst(torch.autograd.Function):
             out = torch.where(arg < adj.num_edges, out, 0)
         ctx.adj = adj
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None,
-                              w if ctx.needs_input_grad[1] else None, arg)
+                              keep_edge_weight(ctx, w, ctx.needs_input_grad[1], ctx.needs_input_grad[2]), arg)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w, arg = ctx.saved_tensors
+        w = ctx.edge_weight if w is None else w
         adj: CSR = ctx.adj
         pad = torch.zeros(1, dtype=torch.long, device=g.device)
         # Position E marks an empty row: it maps to source 0 with coefficient 0 (no contribution).
@@ -225,12 +229,13 @@ class SpMMMaxMin(torch.autograd.Function):
                     msg = msg * w[e0:e1, None]
                 out[r0:r1] = _segment_extreme(msg, offsets, is_max)
         ctx.adj, ctx.is_max = adj, is_max
-        ctx.save_for_backward(x, w)
+        ctx.save_for_backward(x, keep_edge_weight(ctx, w, True, ctx.needs_input_grad[2]))
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w = ctx.saved_tensors
+        w = ctx.edge_weight if w is None else w
         adj: CSR = ctx.adj
         need_x, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gsrc = torch.empty(adj.num_edges, x.size(1), dtype=g.dtype, device=g.device) if need_x else None

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from graphscale.errors import ConfigError
-from graphscale.ops.csr import CSR
+from graphscale.ops.csr import CSR, keep_edge_weight
 
 __all__ = ["spmm", "softmax_aggr", "TritonSpMM", "TritonSoftmaxAggr", "CHUNK_ENV", "schedule_of"]
 
@@ -65,12 +65,13 @@ class TritonSpMM(torch.autograd.Function):
         out, arg = mk.spmm_forward(adj.rowptr, adj.col, x, w, reduce, schedule=schedule_of(adj))
         ctx.adj, ctx.reduce = adj, reduce
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None,
-                              w if ctx.needs_input_grad[1] else None, arg)
+                              keep_edge_weight(ctx, w, ctx.needs_input_grad[1], ctx.needs_input_grad[2]), arg)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w, arg = ctx.saved_tensors
+        w = ctx.edge_weight if w is None else w
         adj: CSR = ctx.adj
         mk, _ = _kernels()
         at = adj.t()
