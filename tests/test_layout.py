@@ -14,10 +14,11 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "graphscale"
 
-# Lower layers never import upper ones. The base modules (errors, atomic, _features, saved_bytes,
+# Lower layers never import upper ones. The base modules (errors, atomic, _features, saved_bytes, _procs,
 # the version) may be imported from anywhere and import nothing of graphscale above them.
 LAYERS = ["base", "ops", "data", "sampling", "nn", "memory", "gntk", "train", "bench", "cli"]
-BASE = {"graphscale", "graphscale.errors", "graphscale.atomic", "graphscale._features", "graphscale.saved_bytes"}
+BASE = {"graphscale", "graphscale.errors", "graphscale.atomic", "graphscale._features", "graphscale.saved_bytes",
+        "graphscale._procs"}
 
 
 def _module_name(path: pathlib.Path) -> str:

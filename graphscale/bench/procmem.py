@@ -18,10 +18,11 @@ in a background thread and keeps each process's peak, so a benchmark can report 
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
+
+from graphscale._procs import children_map
 
 #: the ``smaps_rollup`` fields read (kB in the file, bytes here)
 _FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
@@ -60,21 +61,6 @@ def read_smaps_rollup(pid: int | str = "self") -> MemInfo | None:
                    uss=vals["Private_Clean"] + vals["Private_Dirty"] + vals["Private_Hugetlb"],
                    pss_anon=vals["Pss_Anon"], pss_file=vals["Pss_File"],
                    shared=vals["Shared_Clean"] + vals["Shared_Dirty"], swap=vals["Swap"])
-
-
-def children_map() -> dict[int, list[int]]:
-    """``{parent pid: [child pids]}`` of every process visible in ``/proc``."""
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        out.setdefault(ppid, []).append(int(entry))
-    return out
 
 
 def descendants(pid: int) -> list[int]:

@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+from graphscale._procs import children_map
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -222,17 +224,7 @@ def _launch(nproc: int, args: list[str], out: str, nodes=None, timeout_s: float 
 def _kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and all its descendants (torchrun starts each worker in a session of its own, so a
     process-group kill would miss them); children first, so none is re-parented and missed."""
-    children: dict[int, list[int]] = {}
-    if os.path.isdir("/proc"):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
+    children = children_map()
     order, todo = [], [pid]
     while todo:
         p = todo.pop()
