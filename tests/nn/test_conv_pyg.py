@@ -12,25 +12,15 @@ from torch_geometric.explain import Explainer, GNNExplainer
 from graphscale.nn import GCNConv, GENConv, SAGEConv
 from graphscale.ops import reference
 
-FUSED_FNS = {"SpMMSumMeanBackward", "SpMMMaxMinBackward", "SoftmaxAggrBackward", "GenAggrBackward"}
+# the fused autograd Functions and the graph walk that finds them, shared with the conv tests
+from test_conv import FUSED_FNS
+from test_conv import _autograd_names as _names
 
 
 @pytest.fixture(autouse=True)
 def _fuse_small_graphs(monkeypatch):
     # the test graphs are tiny (degree ~4): fuse GENConv anyway (the degree rule has its own test)
     monkeypatch.setattr(GENConv, "fuse_min_degree", 0.0)
-
-
-def _names(out):
-    seen, stack, names = set(), [out.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return names
 
 
 def _hetero():
