@@ -23,3 +23,14 @@ def children_map() -> dict[int, list[int]]:
             continue
         out.setdefault(ppid, []).append(int(entry))
     return out
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents before their children."""
+    kids = children_map()
+    order, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        order.append(p)
+        todo += kids.get(p, [])
+    return order

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from graphscale._procs import children_map
+from graphscale._procs import descendants
 
 #: the ``smaps_rollup`` fields read (kB in the file, bytes here)
 _FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
@@ -61,17 +61,6 @@ def read_smaps_rollup(pid: int | str = "self") -> MemInfo | None:
                    uss=vals["Private_Clean"] + vals["Private_Dirty"] + vals["Private_Hugetlb"],
                    pss_anon=vals["Pss_Anon"], pss_file=vals["Pss_File"],
                    shared=vals["Shared_Clean"] + vals["Shared_Dirty"], swap=vals["Swap"])
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    kids = children_map()
-    order, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        order.append(p)
-        todo += kids.get(p, [])
-    return order
 
 
 def _environ(pid: int) -> dict[str, str]:

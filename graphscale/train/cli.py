@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from graphscale._procs import children_map
+from graphscale._procs import descendants
 
 
 def add_parser(subparsers) -> None:
@@ -224,13 +224,7 @@ def _launch(nproc: int, args: list[str], out: str, nodes=None, timeout_s: float 
 def _kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and all its descendants (torchrun starts each worker in a session of its own, so a
     process-group kill would miss them); children first, so none is re-parented and missed."""
-    children = children_map()
-    order, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        order.append(p)
-        todo += children.get(p, [])
-    for p in reversed(order):
+    for p in reversed(descendants(pid)):
         try:
             os.kill(p, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
