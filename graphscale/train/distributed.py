@@ -31,7 +31,8 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TypeVar
 
 import torch
@@ -106,6 +107,7 @@ class DistContext:
     device: torch.device
     backend: str = ""
     owns_group: bool = False  # this context initialised the process group (and destroys it)
+    wrapped: list = field(default_factory=list)  # weak references to the DDP wrappers of this run
 
     @property
     def rank(self) -> int:
@@ -120,9 +122,32 @@ class DistContext:
         return self.env.rank == 0
 
     def destroy(self) -> None:
+        """End of the run: release the DDP wrappers' hold on the group, then destroy it if ours."""
+        self.release_models()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
         self.owns_group = False
+
+    def release_models(self) -> None:
+        """Drop every reference a DDP wrapper of this run holds to the process group.
+
+        Why: a DDP's C++ reducer owns a reference to the group. If it is the last one, the group's
+        destructor runs inside the reducer's Python deallocation, which holds the GIL while it joins
+        gloo's worker threads; a worker still releasing a finished collective's tensors waits for
+        the GIL, and the process never exits (seen as 2-process runs that wrote their results and
+        hung; pytorch/pytorch#56297 made the group's own Python object let go of the GIL when it is
+        destroyed, not the reducer). A wrapper that outlives the interpreter's shutdown destroys the
+        group during finalization instead ("terminate called without an active exception"). After
+        this the group is destroyed by ``destroy_process_group`` (or the caller's, for a group it
+        owns), wherever the wrappers are. The wrappers cannot train after this; the modules inside
+        them are untouched."""
+        for ref in self.wrapped:
+            ddp = ref()
+            if ddp is not None:  # the logger holds the reducer too
+                for name in ("logger", "reducer", "process_group"):
+                    if name in ddp.__dict__:
+                        delattr(ddp, name)
+        self.wrapped.clear()
 
 
 def is_main() -> bool:
@@ -578,6 +603,7 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, *, static_graph: bool =
               find_unused_parameters=find_unused)
     hook = register_comm_hook(ddp, comm_hook, powersgd_rank=powersgd_rank,
                               powersgd_start_iter=powersgd_start_iter, seed=seed)
+    ctx.wrapped.append(weakref.ref(ddp))  # released by ctx.destroy(), before the group goes
     return ddp, hook
 
 

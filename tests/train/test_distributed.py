@@ -149,6 +149,35 @@ def test_cli_rejects_bad_nproc_before_launching(capsys, tmp_path):
     assert not os.path.exists(f"{tmp_path}/never")
 
 
+def _gloo_threads() -> int:
+    return sum(open(f"/proc/self/task/{t}/comm").read().strip() == "pt_gloo_runloop"
+               for t in os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc (Linux)")
+def test_destroy_ends_the_group_while_a_ddp_wrapper_is_still_referenced(tmp_path):
+    """The end of a run destroys the group there and then, not when the last DDP wrapper happens to be
+    freed: a reducer that holds the last reference destroys the group with the GIL held and can hang
+    the process at exit (DistContext.release_models). Measured by gloo's worker threads."""
+    import torch._dynamo  # noqa: F401  imported after a group exists, it keeps references to that group
+    import torch.distributed as dist
+
+    from graphscale.train.distributed import DistContext, DistEnv, wrap_model
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        ctx = DistContext(DistEnv(), torch.device("cpu"), "gloo", owns_group=True)
+        ddp, _ = wrap_model(torch.nn.Linear(3, 2), ctx)
+        ddp(torch.randn(4, 3)).sum().backward()
+        assert _gloo_threads() > 0
+        ctx.destroy()
+        assert not dist.is_initialized() and _gloo_threads() == 0
+        assert isinstance(ddp.module, torch.nn.Linear)  # the module inside is untouched
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------------------- 2-process launches
 def test_two_processes_equal_one_process_with_grad_accum(two_proc_run, data_root, tmp_path):
     from graphscale.train.config import load_config
