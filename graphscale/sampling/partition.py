@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import os
 import warnings
 from collections import OrderedDict
@@ -99,9 +100,9 @@ def metis_input(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None =
         block_keys: without weights, the CSR is built one block of rows at a time, each block of
             about this many (directed) pairs: the pairs ``row * N + col`` whose row falls in the block
             are gathered from both directions of every edge, sorted in place and deduplicated, then
-            appended. Peak memory beyond the input and the result is one block's keys, instead of the
-            ~8 edge-length int64 arrays of concatenating, masking and ``torch.unique``-ing all ``2E``
-            pairs at once (measured: +13.6 x ``E`` int64 bytes at its peak). The result does not
+            appended. Peak memory beyond the input is the result and one block's keys: +2.0 x the
+            bytes of an int64 ``[E]`` array, measured, where concatenating, masking and
+            ``torch.unique``-ing all ``2E`` pairs at once peaked at +14.3 x. The result does not
             depend on it.
 
     Returns:
@@ -129,7 +130,7 @@ def metis_input(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None =
     # are only touched (made resident) as far as the blocks fill it, and the tail is given back below.
     col = np.empty(max(total, 1), dtype=np.int64)
     w = 0
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         pieces = []
         for s, d in ((src, dst), (dst, src)):  # row = source, then row = target (the reverse edge)
             for c0 in range(0, e, _SCAN_CHUNK):
