@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import os
 import warnings
 from collections import OrderedDict
@@ -80,8 +81,15 @@ def _as_metis_ints(w: Tensor, scale_to: int) -> Tensor:
     return (w / top * scale_to).round().long()
 
 
-def metis_input(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor | None]:
+#: keys (one per directed pair) per block of rows in :func:`metis_input`'s unweighted construction:
+#: 2^24 int64 keys = 128 MiB, small next to a graph that needs blocks at all (105M edges: 13 blocks)
+METIS_BLOCK_KEYS = 1 << 24
+#: edges scanned at a time when a block's keys are gathered (bounds the temporary masks to ~4 MiB)
+_SCAN_CHUNK = 1 << 22
+
+
+def metis_input(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None = None, *,
+                block_keys: int = METIS_BLOCK_KEYS) -> tuple[Tensor, Tensor, Tensor | None]:
     """The graph METIS can take: symmetric, without self-loops or duplicate edges, as CSR.
 
     Args:
@@ -89,26 +97,84 @@ def metis_input(edge_index: Tensor, num_nodes: int, edge_weight: Tensor | None =
         num_nodes: ``N``.
         edge_weight: optional ``[E]`` non-negative weights; the weight of an undirected pair is the
             largest over its copies (either direction); zero-weight edges are dropped.
+        block_keys: without weights, the CSR is built one block of rows at a time, each block of
+            about this many (directed) pairs: the pairs ``row * N + col`` whose row falls in the block
+            are gathered from both directions of every edge, sorted in place and deduplicated, then
+            appended. Peak memory beyond the input is the result and one block's keys: +2.0 x the
+            bytes of an int64 ``[E]`` array, measured, where concatenating, masking and
+            ``torch.unique``-ing all ``2E`` pairs at once peaked at +14.3 x. The result does not
+            depend on it.
 
     Returns:
         ``(rowptr [N+1], col [M], weight [M] or None)``, int64, where ``M`` counts both directions
-        of every undirected edge once.
+        of every undirected edge once; ``col`` ascending inside each row.
     """
+    if edge_weight is not None:
+        return _metis_input_weighted(edge_index, num_nodes, edge_weight)
+    if not (isinstance(block_keys, int) and block_keys >= 1):
+        raise ConfigError(f"block_keys must be a positive integer, got {block_keys!r}")
+    n = int(num_nodes)
+    src, dst = edge_index[0].numpy(), edge_index[1].numpy()  # views (any integer dtype, any stride)
+    e = src.shape[0]
+    rowptr = np.zeros(n + 1, dtype=np.int64)
+    # An upper bound on each row's pairs (both directions, before removing self-loops and duplicates)
+    # places the block boundaries; N-sized only.
+    bound = np.bincount(src, minlength=n).astype(np.int64, copy=False)
+    bound += np.bincount(dst, minlength=n)
+    np.cumsum(bound, out=bound)
+    total = int(bound[-1]) if n else 0
+    cuts = np.searchsorted(bound, np.arange(block_keys, total, block_keys, dtype=np.int64), side="right")
+    del bound
+    edges = np.unique(np.concatenate([[0], cuts, [n]])).tolist()
+    # The result is written in place, block after block, into a buffer of the upper bound 2E: pages
+    # are only touched (made resident) as far as the blocks fill it, and the tail is given back below.
+    col = np.empty(max(total, 1), dtype=np.int64)
+    w = 0
+    for a, b in itertools.pairwise(edges):
+        pieces = []
+        for s, d in ((src, dst), (dst, src)):  # row = source, then row = target (the reverse edge)
+            for c0 in range(0, e, _SCAN_CHUNK):
+                sc, dc = s[c0:c0 + _SCAN_CHUNK], d[c0:c0 + _SCAN_CHUNK]
+                m = (sc >= a) & (sc < b) & (sc != dc)
+                if m.any():
+                    k = sc[m].astype(np.int64)
+                    k *= n  # fits int64 for N < 3e9
+                    k += dc[m]
+                    pieces.append(k)
+        if not pieces:
+            rowptr[a + 1:b + 1] = w
+            continue
+        keys = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        del pieces
+        keys.sort()  # in place: row-major order = CSR order
+        if keys.size > 1:
+            first = np.empty(keys.size, dtype=bool)
+            first[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=first[1:])
+            keys = keys[first]
+            del first
+        # rowptr[r + 1] = pairs with row <= r
+        rowptr[a + 1:b + 1] = w + np.searchsorted(keys, np.arange(a + 1, b + 1, dtype=np.int64) * n)
+        np.remainder(keys, n, out=col[w:w + keys.size])
+        w += keys.size
+        del keys
+    col.resize(w, refcheck=False)  # realloc: the untouched tail of the 2E buffer goes back, no copy
+    return torch.from_numpy(rowptr), torch.from_numpy(col), None
+
+
+def _metis_input_weighted(edge_index: Tensor, num_nodes: int, edge_weight: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    # With weights (the in-memory sampler's edge_weight; the partition step never passes them):
+    # all 2E pairs at once, the largest weight per pair through torch.unique's inverse.
     src, dst = edge_index[0].long(), edge_index[1].long()
     row, col = torch.cat([src, dst]), torch.cat([dst, src])
-    keep = row != col
-    w = None
-    if edge_weight is not None:
-        w = torch.cat([edge_weight, edge_weight])
-        keep &= w > 0
-        w = w[keep]
+    w = torch.cat([edge_weight, edge_weight])
+    keep = (row != col) & (w > 0)
+    w = w[keep]
     row, col = row[keep], col[keep]
     key = row * num_nodes + col  # fits int64 for N < 3e9
-    if w is None:
-        key = torch.unique(key)  # sorted: row-major order = CSR order
-    else:
-        key, inv = torch.unique(key, return_inverse=True)
-        w = torch.zeros(key.numel(), dtype=w.dtype).scatter_reduce_(0, inv, w, "amax", include_self=False)
+    key, inv = torch.unique(key, return_inverse=True)
+    w = torch.zeros(key.numel(), dtype=w.dtype).scatter_reduce_(0, inv, w, "amax", include_self=False)
     row, col = key // num_nodes, key % num_nodes
     rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
     rowptr[1:] = torch.bincount(row, minlength=num_nodes).cumsum(0)
@@ -215,15 +281,9 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, *, seed:
         ``LongTensor[N]`` part of every node.
     """
     require("pymetis", "the 'metis' partitioner")
-    import pymetis
-
     check_num_parts(num_parts, num_nodes)
     check_edge_index(edge_index, num_nodes)
-    if not (isinstance(imbalance, (int, float)) and 0 < imbalance <= 10):
-        raise ConfigError(f"imbalance must be a number in (0, 10] (e.g. 0.03 = 3%), got {imbalance!r}")
-    vw = None
-    if vertex_weight is not None:
-        vw = _as_metis_ints(_check_weights(vertex_weight, num_nodes, "vertex_weight"), scale_to=10_000)
+    check_metis_options(num_nodes, vertex_weight, imbalance)
     ew = None
     if edge_weight is not None:
         ew = _check_weights(edge_weight, edge_index.size(1), "edge_weight")
@@ -232,6 +292,44 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, *, seed:
     rowptr, col, cw = metis_input(edge_index, num_nodes, ew)
     if cw is not None:
         cw = _as_metis_ints(cw, scale_to=1000).clamp_min(1)
+    return metis_partition_csr(rowptr, col, num_parts, seed=seed, vertex_weight=vertex_weight, edge_weight=cw,
+                               imbalance=imbalance, recursive=recursive)
+
+
+def check_metis_options(num_nodes: int, vertex_weight, imbalance) -> Tensor | None:
+    """Check METIS's ``imbalance`` and ``vertex_weight`` (before long work); the weights as METIS ints."""
+    if not (isinstance(imbalance, (int, float)) and 0 < imbalance <= 10):
+        raise ConfigError(f"imbalance must be a number in (0, 10] (e.g. 0.03 = 3%), got {imbalance!r}")
+    if vertex_weight is None:
+        return None
+    return _as_metis_ints(_check_weights(vertex_weight, num_nodes, "vertex_weight"), scale_to=10_000)
+
+
+def metis_partition_csr(rowptr: Tensor, col: Tensor, num_parts: int, *, seed: int = 0,
+                        vertex_weight: Tensor | None = None, edge_weight: Tensor | None = None,
+                        imbalance: float = 0.03, recursive: bool | None = None) -> Tensor:
+    """:func:`metis_partition` on a graph already in METIS's form, the output of :func:`metis_input`.
+
+    The step that writes a partitioned store builds this input itself, so that it can put the rest of
+    the graph on disk while METIS runs (:func:`graphscale.sampling.store_writer.write_store`).
+
+    Args:
+        rowptr: ``[N+1]`` int64 CSR row pointers of the symmetric graph without loops or duplicates.
+        col: ``[M]`` int64 column ids; **relabelled in place** when some nodes are isolated (it is the
+            buffer METIS reads: no second copy of it).
+        num_parts, seed, vertex_weight, imbalance, recursive: as for :func:`metis_partition`.
+        edge_weight: ``[M]`` positive integer weights per CSR entry, or ``None``.
+
+    Returns:
+        ``LongTensor[N]`` part of every node.
+    """
+    require("pymetis", "the 'metis' partitioner")
+    import pymetis
+
+    num_nodes = rowptr.numel() - 1
+    check_num_parts(num_parts, num_nodes)
+    vw = check_metis_options(num_nodes, vertex_weight, imbalance)
+    cw = edge_weight
     deg = rowptr[1:] - rowptr[:-1]
     conn = (deg > 0).nonzero().view(-1)
     isolated = (deg == 0).nonzero().view(-1)
@@ -239,18 +337,24 @@ def metis_partition(edge_index: Tensor, num_nodes: int, num_parts: int, *, seed:
 
     k = min(num_parts, conn.numel())
     if k > 1:
-        # Relabel connected nodes 0..n_conn-1: isolated nodes have no CSR entries, so only ids change.
-        new_id = torch.full((num_nodes,), -1, dtype=torch.long)
-        new_id[conn] = torch.arange(conn.numel())
+        # Relabel connected nodes 0..n_conn-1: isolated nodes have no CSR entries, so only ids change
+        # (in place, a chunk at a time: no second edge-length array; nothing to do without isolated nodes).
         sub_ptr = torch.cat([torch.zeros(1, dtype=torch.long), deg[conn].cumsum(0)])
-        dtype = pymetis.zero_copy_dtype()
+        if isolated.numel():
+            new_id = torch.full((num_nodes,), -1, dtype=torch.long)
+            new_id[conn] = torch.arange(conn.numel())
+            for c0 in range(0, col.numel(), _SCAN_CHUNK):
+                chunk = col[c0:c0 + _SCAN_CHUNK]
+                chunk.copy_(new_id[chunk])
+            del new_id
+        dtype = pymetis.zero_copy_dtype()  # METIS's idx_t: int64 in pymetis 2025.2's wheels, no copy then
         vw_sub = None
         if vw is not None:
             vw_c = vw[conn]
             if int(vw_c.sum()) > 0:  # all-zero weights would put every node into part 0
                 vw_sub = vw_c.numpy().astype(dtype, copy=False)
         adjacency = pymetis.CSRAdjacency(sub_ptr.numpy().astype(dtype, copy=False),
-                                         new_id[col].numpy().astype(dtype, copy=False))
+                                         col.numpy().astype(dtype, copy=False))
         opts = pymetis.Options(seed=int(seed) % (2**31 - 1), ufactor=max(1, int(round(imbalance * 1000))))
         res = pymetis.part_graph(k, adjacency, vweights=vw_sub,
                                  eweights=None if cw is None else cw.numpy().astype(dtype, copy=False),
@@ -305,7 +409,8 @@ def _feed(h, value) -> None:
     if isinstance(value, Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the buffer itself: tobytes() would copy the whole edge_index (2 x E x 8 bytes)
+            h.update(t.numpy().reshape(-1).view(np.uint8))
     elif isinstance(value, dict):
         for k in sorted(value):
             h.update(f"K{k}=".encode())

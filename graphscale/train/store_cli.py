@@ -85,7 +85,8 @@ def _partition(args) -> int:
     t1 = time.perf_counter()
     meta = write_store(data, out, parts, method=method, halo=args.halo, seed=seed, data_config=data_cfg,
                        method_options=opts, overwrite=args.overwrite, progress=not args.no_progress,
-                       record_options={"vertex_weight": s.vertex_weight} if method == "metis" else None)
+                       record_options={"vertex_weight": s.vertex_weight} if method == "metis" else None,
+                       offload=True)  # the graph waits on disk while METIS runs (docs/partitioned.md)
     took = time.perf_counter() - t1
     size = sum(f["bytes"] for f in meta["files"].values())
     inner = [q["inner"] for q in meta["parts"]]

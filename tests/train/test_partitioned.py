@@ -123,6 +123,35 @@ def test_parts_union_is_the_graph(products, tmp_path, halo):
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n], "the temporary folder was renamed away"
 
 
+@pytest.mark.parametrize("data_name", ["products", "proteins"])
+def test_offloaded_metis_writes_the_same_store(data_name, request, tmp_path, monkeypatch):
+    # offload=True (what 'graphscale data partition' does with METIS): while METIS runs, the features
+    # and edges are on disk, not in memory, and the store is byte for byte the one written without it.
+    import dataclasses
+
+    import pymetis
+    data = request.getfixturevalue(data_name)
+    ref = write_store(data, str(tmp_path / "a"), 5, "metis", seed=3, progress=False)
+    mine = dataclasses.replace(data)  # the fixture's own object stays untouched
+    during = {}
+    real = pymetis.part_graph
+
+    def spy(*a, **kw):
+        during["in_memory"] = [k for k in ("x", "edge_index", "edge_attr") if getattr(mine, k) is not None]
+        during["on_disk"] = sorted(f for d, _, fs in os.walk(tmp_path) for f in fs if f.startswith(".offload-"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pymetis, "part_graph", spy)
+    meta = write_store(mine, str(tmp_path / "b"), 5, "metis", seed=3, progress=False, offload=True)
+    assert during["in_memory"] == []
+    expect = ["x", "edge_index"] + (["edge_attr"] if data.edge_attr is not None else [])
+    assert during["on_disk"] == sorted(f".offload-{k}.npy" for k in expect)
+    assert meta["files"] == ref["files"]  # same partition, same bytes (sha256 per file)
+    for k in expect:  # read back into memory, equal
+        assert torch.equal(getattr(mine, k), getattr(data, k)) and getattr(mine, k) is not getattr(data, k)
+    assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))  # the scratch files are gone
+
+
 def test_parts_union_with_edge_features_and_multilabel(proteins, tmp_path):
     out = str(tmp_path / "s")
     write_store(proteins, out, 4, "random", halo=1, seed=0, progress=False)
