@@ -131,7 +131,7 @@ def test_parts_union_with_edge_features_and_multilabel(proteins, tmp_path):
     assert meta["task"] == "multilabel" and meta["edge_dim"] == proteins.edge_attr.size(1)
 
 
-@pytest.mark.parametrize("q,lam", [(1, None), (2, None), (3, 1.0)])
+@pytest.mark.parametrize("q,lam", [(1, None), (1, 1.0), (2, None), (3, 1.0)])
 def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, lam):
     out = str(tmp_path / "s")
     part = partition("metis", products.edge_index, products.num_nodes, 6, seed=0)
@@ -154,6 +154,23 @@ def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, 
             assert torch.equal(rp.x[b.node_ids], products.x[a.node_ids])
             assert torch.equal(rp.y[b.node_ids], products.y[a.node_ids])
 
+
+
+def test_one_part_halo_batches_need_no_sort(products, tmp_path):
+    # a one-part halo batch is built in (source part, edge id) order without sorting; the same batch
+    # through the sorting path (as if the entering edges were not stored in id order) is identical.
+    # (One-part batches without a halo are compared with the in-memory sampler's above.)
+    out = str(tmp_path / "s")
+    write_store(products, out, 5, "metis", halo=1, seed=0, progress=False)
+    meta = read_meta(out)
+    rp, sorting = RankParts(out, meta, list(range(5))), RankParts(out, meta, list(range(5)))
+    assert all(rp._cross_sorted)
+    sorting._cross_sorted = [False] * 5
+    for p in range(5):
+        a, b = rp.batch([p], diag_lambda=1.0), sorting.batch([p], diag_lambda=1.0)
+        assert torch.equal(a.node_ids, b.node_ids) and torch.equal(a.edge_index, b.edge_index)
+        assert torch.equal(a.edge_ids, b.edge_ids) and torch.equal(a.edge_weight, b.edge_weight)
+    assert rp._by_eid[0].dtype == torch.int32  # 4 bytes per intra edge kept for it
 
 def test_store_random_batches_are_the_in_memory_random_partition_batches(products, tmp_path):
     from graphscale.sampling.samplers import PartitionSampler
