@@ -85,6 +85,10 @@ class RankParts:
         meta: its ``meta.json`` (:func:`graphscale.data.part_store.read_meta`).
         parts: the part ids to open (ascending).
         checksum: verify each opened file's sha256 (size and ``.npy`` header are always checked).
+        cross: read the entering edges' index arrays (:func:`~graphscale.data.part_store.open_part`).
+            Batches of several parts, halo stores and random batches need them; ``False`` (a
+            Cluster-GCN run with ``q = 1`` on a store without a halo never reads them) keeps 40 bytes
+            per entering edge out of memory, and those uses are refused.
 
     Attributes:
         parts: the opened :class:`~graphscale.data.part_store.Part` objects.
@@ -95,10 +99,14 @@ class RankParts:
         halo: whether the store holds halo nodes (written with ``--halo 1``).
     """
 
-    def __init__(self, root: str, meta: dict, parts: list[int], checksum: bool = True):
+    def __init__(self, root: str, meta: dict, parts: list[int], checksum: bool = True, cross: bool = True):
+        if not cross and int(meta["halo"]) == 1:
+            raise ConfigError(f"the store {root} has halo nodes: its batches and evaluation need the entering edges "
+                              f"(RankParts(cross=False) is for stores without a halo)")
         verify_files(root, meta, files_of(meta, parts), checksum=checksum)
         self.root, self.meta, self.num_parts_total = root, meta, int(meta["num_parts"])
-        self.parts: list[Part] = [open_part(root, meta, p) for p in parts]
+        self.cross = cross
+        self.parts: list[Part] = [open_part(root, meta, p, cross=cross) for p in parts]
         self.index = {p: k for k, p in enumerate(parts)}
         self.owned_index = torch.full((self.num_parts_total,), -1, dtype=torch.long)  # part id -> k (-1: not owned)
         self.owned_index[torch.tensor(parts, dtype=torch.long)] = torch.arange(len(parts))
@@ -117,7 +125,7 @@ class RankParts:
         # and the three gathers by its permutation were ~70% of a 55 ms batch).
         self._by_eid = [_narrow(torch.argsort(P.eid)) for P in self.parts]
         # the entering edges as the writer stores them: ids ascending (checked, else batches sort)
-        self._cross_sorted = [bool((P.cross_eid[1:] > P.cross_eid[:-1]).all()) for P in self.parts]
+        self._cross_sorted = [cross and bool((P.cross_eid[1:] > P.cross_eid[:-1]).all()) for P in self.parts]
         self.x = RowStore([P.x for P in self.parts])
         self.edge_attr = None
         if meta["edge_dim"] is not None:
@@ -136,7 +144,8 @@ class RankParts:
         total = 0
         for P in self.parts:
             total += sum(t.numel() * t.element_size() for t in (P.nodes, P.rowptr, P.col, P.eid, P.cross_src,
-                                                                 P.cross_part, P.cross_pos, P.cross_dst, P.cross_eid, P.y))
+                                                                 P.cross_part, P.cross_pos, P.cross_dst, P.cross_eid, P.y)
+                         if t is not None)
         return total + sum(t.numel() * t.element_size() for t in (self.y, self.global_ids, *self._by_eid))
 
     def intra_edges(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,6 +176,9 @@ class RankParts:
         ks = [self.index[p] for p in parts]
         if len(ks) == 1 and not halo:
             return self._one_part(ks[0], diag_lambda)
+        if not self.cross:
+            raise ConfigError(f"a batch of {len(ks)} parts needs the edges between them, but these parts were opened "
+                              f"without their entering edges (RankParts(cross=False))")
         inner = torch.tensor([self.parts[k].num_inner for k in ks], dtype=torch.long)
         boff = torch.zeros(len(ks) + 1, dtype=torch.long)
         boff[1:] = inner.cumsum(0)
@@ -307,6 +319,9 @@ class StoreClusterSampler:
         if not isinstance(clusters_per_batch, int) or not 1 <= clusters_per_batch <= smallest:
             raise ConfigError(f"sampler.clusters_per_batch={clusters_per_batch!r}: expected an integer in [1, "
                               f"{smallest}] (the store's {num} parts dealt to {groups} = processes x grad_accum groups)")
+        if clusters_per_batch > 1 and not parts.cross:
+            raise ConfigError(f"sampler.clusters_per_batch={clusters_per_batch} keeps the edges between the parts of "
+                              f"a batch, but the parts were opened without their entering edges (cross=False)")
         self.parts, self.q, self.seed, self.diag_lambda = parts, clusters_per_batch, seed, diag_lambda
         self.rank, self.world_size, self.grad_accum, self.groups = rank, world_size, grad_accum, groups
         self.steps = max(math.ceil(len(s) / self.q) for s in self.slots)
@@ -367,6 +382,9 @@ class StoreRandomSampler:
                               f"but the store has only {total} part(s); partition into >= {groups} parts")
         if not isinstance(num_parts, int) or num_parts < 1:
             raise ConfigError(f"sampler.num_parts must be >= 1, got {num_parts!r}")
+        if not parts.cross:
+            raise ConfigError("random batches keep the edges between a group's parts, but the parts were opened "
+                              "without their entering edges (RankParts(cross=False))")
         self.parts, self.seed, self.rank, self.world_size, self.grad_accum = parts, seed, rank, world_size, grad_accum
         self.groups, self.k = groups, math.ceil(num_parts / groups)
         self.slots = [list(range(g, total, groups)) for g in range(groups)]
