@@ -176,7 +176,8 @@ def train_run(args, path: str, world: int, store: str, work: str) -> dict:
         agents = [" ".join([*map(shlex.quote, cmd), "--nproc", str(cores), "--nnodes", str(k), "--node-rank", str(i),
                             "--rdzv-endpoint", f"127.0.0.1:{port}"]) + (" 2>/dev/null >/dev/null" if i else "")
                   for i in range(k)]
-        cmd = ["bash", "-c", " & ".join(agents) + " & wait"]
+        # a bare `wait` exits 0 whatever the agents did: wait for each and fail if any failed
+        cmd = ["bash", "-c", " & ".join(agents) + " & rc=0; for j in $(jobs -p); do wait $j || rc=1; done; exit $rc"]
     elif world > 1:
         cmd += ["--nproc", str(world)]
     log = os.path.join(work, f"{path}-w{world}.log")

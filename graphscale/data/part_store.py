@@ -206,7 +206,8 @@ class Part:
         num_inner: ``n``, inner nodes (local ids ``0..n-1``); halo nodes follow (``h = nodes.numel() - n``).
         nodes: ``[n + h]`` global ids.
         rowptr, col, eid: in-CSR of the intra-part edges (``[n + 1]``, ``[e]``, ``[e]``).
-        cross_src, cross_part, cross_pos, cross_dst, cross_eid: the ``c`` edges entering from other parts.
+        cross_src, cross_part, cross_pos, cross_dst, cross_eid: the ``c`` edges entering from other parts
+            (``None`` when opened with ``cross=False``; ``num_cross`` is then read from ``meta.json``).
         x: ``np.memmap [n + h, F]``.
         y: ``[n]`` or ``[n, T]`` labels of the inner nodes.
         split: ``{'train', 'valid', 'test'}`` -> local ids of inner nodes.
@@ -229,6 +230,7 @@ class Part:
     split: dict
     edge_attr: np.ndarray | None = None
     cross_edge_attr: np.ndarray | None = None
+    cross_edges: int | None = None  # c as meta.json records it (used when the cross_* arrays are not read)
 
     @property
     def num_halo(self) -> int:
@@ -240,30 +242,37 @@ class Part:
 
     @property
     def num_cross(self) -> int:
-        return self.cross_src.numel()
+        return self.cross_src.numel() if self.cross_src is not None else int(self.cross_edges)
 
     def intra_dst(self) -> Tensor:
         """``[e]`` local target of every intra edge (the CSR rows expanded)."""
         return torch.repeat_interleave(torch.arange(self.num_inner), self.rowptr[1:] - self.rowptr[:-1])
 
 
-def open_part(root: str, meta: dict, p: int, mmap: bool = True) -> Part:
+def open_part(root: str, meta: dict, p: int, mmap: bool = True, cross: bool = True) -> Part:
     """Open part ``p`` of the store at ``root`` (files checked with :func:`verify_files` first by
-    the caller); ``x`` and the edge features are memory-mapped when ``mmap``."""
+    the caller); ``x`` and the edge features are memory-mapped when ``mmap``. ``cross=False`` leaves
+    the entering edges' five index arrays unread (``None``; 40 bytes per entering edge not held in memory), for
+    readers that never use them (Cluster-GCN batches of one part without a halo)."""
     if not 0 <= p < meta["num_parts"]:
         raise StoreError(f"part {p} does not exist: the store has parts 0..{meta['num_parts'] - 1}")
 
     def t(name):
         return torch.from_numpy(np.ascontiguousarray(_load(root, p, name)))
 
+    def c(name):
+        return t(name) if cross else None
+
     edge = meta["edge_dim"] is not None
+    cross_part = c("cross_part")
     return Part(
         index=p, num_inner=int(meta["parts"][p]["inner"]), nodes=t("nodes"), rowptr=t("rowptr"), col=t("col"),
-        eid=t("eid"), cross_src=t("cross_src"), cross_part=t("cross_part").long(), cross_pos=t("cross_pos"),
-        cross_dst=t("cross_dst"), cross_eid=t("cross_eid"), x=_load(root, p, "x", mmap), y=t("y"),
-        split={k: t(k) for k in SPLITS},
+        eid=t("eid"), cross_src=c("cross_src"), cross_part=None if cross_part is None else cross_part.long(),
+        cross_pos=c("cross_pos"), cross_dst=c("cross_dst"), cross_eid=c("cross_eid"), x=_load(root, p, "x", mmap),
+        y=t("y"), split={k: t(k) for k in SPLITS},
         edge_attr=_load(root, p, "edge_attr", mmap) if edge else None,
-        cross_edge_attr=_load(root, p, "cross_edge_attr", mmap) if edge else None)
+        cross_edge_attr=_load(root, p, "cross_edge_attr", mmap) if edge else None,
+        cross_edges=int(meta["parts"][p]["cross_edges"]))
 
 
 def load_book(root: str, meta: dict, mmap: bool = True) -> np.ndarray:

@@ -62,6 +62,21 @@ class RowStore:
         return sum(int(a.nbytes) for a in self.arrays)
 
 
+def _subgraph(node_ids: Tensor, ei: Tensor, lid: Tensor, diag_lambda: float | None) -> Subgraph:
+    """The batch, with Cluster-GCN's diagonal-enhanced weights when ``diag_lambda`` is set."""
+    weight = None
+    if diag_lambda is not None:  # A + I adds one self-loop per node; drop the graph's own
+        keep = (ei[0] != ei[1]).nonzero().view(-1)
+        ei, lid = ei[:, keep], lid[keep]
+        weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
+    return Subgraph(node_ids, ei, lid, weight)
+
+
+def _narrow(index: Tensor) -> Tensor:
+    """``index`` (positions ``< 2**31``) as int32 where it fits: half the bytes of int64."""
+    return index.int() if index.numel() < 2**31 else index
+
+
 class RankParts:
     """The parts of a store that one rank owns, in one local id space (module docstring).
 
@@ -70,6 +85,10 @@ class RankParts:
         meta: its ``meta.json`` (:func:`graphscale.data.part_store.read_meta`).
         parts: the part ids to open (ascending).
         checksum: verify each opened file's sha256 (size and ``.npy`` header are always checked).
+        cross: read the entering edges' index arrays (:func:`~graphscale.data.part_store.open_part`).
+            Batches of several parts, halo stores and random batches need them; ``False`` (a
+            Cluster-GCN run with ``q = 1`` on a store without a halo never reads them) keeps 40 bytes
+            per entering edge out of memory, and those uses are refused.
 
     Attributes:
         parts: the opened :class:`~graphscale.data.part_store.Part` objects.
@@ -80,10 +99,14 @@ class RankParts:
         halo: whether the store holds halo nodes (written with ``--halo 1``).
     """
 
-    def __init__(self, root: str, meta: dict, parts: list[int], checksum: bool = True):
+    def __init__(self, root: str, meta: dict, parts: list[int], checksum: bool = True, cross: bool = True):
+        if not cross and int(meta["halo"]) == 1:
+            raise ConfigError(f"the store {root} has halo nodes: its batches and evaluation need the entering edges "
+                              f"(RankParts(cross=False) is for stores without a halo)")
         verify_files(root, meta, files_of(meta, parts), checksum=checksum)
         self.root, self.meta, self.num_parts_total = root, meta, int(meta["num_parts"])
-        self.parts: list[Part] = [open_part(root, meta, p) for p in parts]
+        self.cross = cross
+        self.parts: list[Part] = [open_part(root, meta, p, cross=cross) for p in parts]
         self.index = {p: k for k, p in enumerate(parts)}
         self.owned_index = torch.full((self.num_parts_total,), -1, dtype=torch.long)  # part id -> k (-1: not owned)
         self.owned_index[torch.tensor(parts, dtype=torch.long)] = torch.arange(len(parts))
@@ -95,7 +118,14 @@ class RankParts:
         self.edge_off = torch.zeros(len(parts) + 1, dtype=torch.long)
         self.edge_off[1:] = torch.tensor(esz, dtype=torch.long).cumsum(0)
         self.num_nodes = int(self.node_off[-1])
-        self._dst = [P.intra_dst() for P in self.parts]
+        # Each part's intra edges in global edge-id order (the file holds them in CSR order: by target,
+        # ids ascending inside a row only), as int32 positions (4 bytes per edge, no expanded target
+        # array kept): a one-part batch is then already in the order ClusterGCNSampler gives, with no
+        # per-step sort of its edges (measured on synthetic products x0.2, 64 parts, q=1: the argsort
+        # and the three gathers by its permutation were ~70% of a 55 ms batch).
+        self._by_eid = [_narrow(torch.argsort(P.eid)) for P in self.parts]
+        # the entering edges as the writer stores them: ids ascending (checked, else batches sort)
+        self._cross_sorted = [cross and bool((P.cross_eid[1:] > P.cross_eid[:-1]).all()) for P in self.parts]
         self.x = RowStore([P.x for P in self.parts])
         self.edge_attr = None
         if meta["edge_dim"] is not None:
@@ -114,8 +144,16 @@ class RankParts:
         total = 0
         for P in self.parts:
             total += sum(t.numel() * t.element_size() for t in (P.nodes, P.rowptr, P.col, P.eid, P.cross_src,
-                                                                 P.cross_part, P.cross_pos, P.cross_dst, P.cross_eid, P.y))
-        return total + sum(t.numel() * t.element_size() for t in (self.y, self.global_ids, *self._dst))
+                                                                 P.cross_part, P.cross_pos, P.cross_dst, P.cross_eid, P.y)
+                         if t is not None)
+        return total + sum(t.numel() * t.element_size() for t in (self.y, self.global_ids, *self._by_eid))
+
+    def intra_edges(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Intra edges of owned part ``self.parts[k]`` in global edge-id order: ``(src, dst, pos)``,
+        ``[e]`` int64 each: part-local source and target, and the edge's position in the part's
+        stored (CSR) order (its local edge id minus ``edge_off[k]``)."""
+        P, by = self.parts[k], self._by_eid[k]
+        return P.col[by], P.intra_dst()[by], by.long()
 
     def batch(self, parts: list[int], halo: bool | None = None, diag_lambda: float | None = None) -> Subgraph:
         """The subgraph of the owned ``parts`` (global part ids, distinct) with every edge among them,
@@ -136,6 +174,11 @@ class RankParts:
         if halo and not self.halo:
             raise ConfigError("halo batches need a store written with --halo 1")
         ks = [self.index[p] for p in parts]
+        if len(ks) == 1 and not halo:
+            return self._one_part(ks[0], diag_lambda)
+        if not self.cross:
+            raise ConfigError(f"a batch of {len(ks)} parts needs the edges between them, but these parts were opened "
+                              f"without their entering edges (RankParts(cross=False))")
         inner = torch.tensor([self.parts[k].num_inner for k in ks], dtype=torch.long)
         boff = torch.zeros(len(ks) + 1, dtype=torch.long)
         boff[1:] = inner.cumsum(0)
@@ -144,22 +187,27 @@ class RankParts:
         where[torch.tensor(parts, dtype=torch.long)] = torch.arange(len(parts))
         node_ids = torch.cat([torch.arange(int(self.node_off[k]), int(self.node_off[k]) + self.parts[k].num_inner)
                               for k in ks])
+        # a one-part batch comes out in (key, edge id) order by construction: the part's intra edges
+        # (key 0, ids ascending), then with a halo its entering edges (key 1, ids ascending; no
+        # entering edge has its source in a one-part batch); others are sorted below
+        in_order = len(ks) == 1 and self._cross_sorted[ks[0]]
         src, dst, key, eid, lid = [], [], [], [], []
         h_glob, h_row, h_src_at = [], [], []
         for i, k in enumerate(ks):
             P, b, eo = self.parts[k], int(boff[i]), int(self.edge_off[k])
-            src.append(b + P.col)
-            dst.append(b + self._dst[k])
-            key.append(torch.full((P.num_intra,), i, dtype=torch.long))
-            eid.append(P.eid)
-            lid.append(eo + torch.arange(P.num_intra))
+            # (sorted below otherwise: there the stored order is as good and needs no gathers)
+            s_k, d_k, pos = self.intra_edges(k) if in_order else (P.col, P.intra_dst(), torch.arange(P.num_intra))
+            src.append(b + s_k)
+            dst.append(b + d_k)
+            lid.append(eo + pos)
             cpos = where[P.cross_part]
             inb = (cpos >= 0).nonzero().view(-1)
             src.append(boff[cpos[inb]] + P.cross_pos[inb])
             dst.append(b + P.cross_dst[inb])
-            key.append(cpos[inb])
-            eid.append(P.cross_eid[inb])
             lid.append(eo + P.num_intra + inb)
+            if not in_order:
+                key += [torch.full((P.num_intra,), i, dtype=torch.long), cpos[inb]]
+                eid += [P.eid, P.cross_eid[inb]]
             if halo:
                 ext = (cpos < 0).nonzero().view(-1)
                 g = P.cross_src[ext]
@@ -169,9 +217,10 @@ class RankParts:
                 h_src_at.append(len(src))  # filled below, once the halo nodes are numbered
                 src.append(g)
                 dst.append(b + P.cross_dst[ext])
-                key.append(torch.full((ext.numel(),), len(ks), dtype=torch.long))
-                eid.append(P.cross_eid[ext])
                 lid.append(eo + P.num_intra + ext)
+                if not in_order:
+                    key.append(torch.full((ext.numel(),), len(ks), dtype=torch.long))
+                    eid.append(P.cross_eid[ext])
         if halo and h_glob:
             glob = torch.cat(h_glob)
             uniq, inv = torch.unique(glob, return_inverse=True)
@@ -182,16 +231,26 @@ class RankParts:
             for at, g in zip(h_src_at, h_glob):
                 src[at] = n_in + inv[start:start + g.numel()]
                 start += g.numel()
-        src, dst, key, eid, lid = (torch.cat(t) for t in (src, dst, key, eid, lid))
-        order = torch.argsort(key * (int(self.meta["num_edges"]) + 1) + eid, stable=True)
-        ei = torch.stack([src[order], dst[order]])
-        lid = lid[order]
-        weight = None
-        if diag_lambda is not None:  # A + I adds one self-loop per node; drop the graph's own
-            keep = (ei[0] != ei[1]).nonzero().view(-1)
-            ei, lid = ei[:, keep], lid[keep]
-            weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
-        return Subgraph(node_ids, ei, lid, weight)
+        if in_order:
+            ei, lid = torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(lid)
+        else:
+            src, dst, key, eid, lid = (torch.cat(t) for t in (src, dst, key, eid, lid))
+            order = torch.argsort(key * (int(self.meta["num_edges"]) + 1) + eid, stable=True)
+            ei = torch.stack([src[order], dst[order]])
+            lid = lid[order]
+        return _subgraph(node_ids, ei, lid, diag_lambda)
+
+    def _one_part(self, k: int, diag_lambda: float | None) -> Subgraph:
+        """:meth:`batch` of the one owned part ``self.parts[k]`` without a halo (Cluster-GCN with
+        ``q = 1``): its inner nodes and intra edges, in edge-id order as stored in ``_by_eid``, written
+        straight into the batch's arrays (no sort, no concatenation)."""
+        P, by = self.parts[k], self._by_eid[k]
+        no = int(self.node_off[k])
+        ei = torch.empty((2, P.num_intra), dtype=torch.long)
+        torch.index_select(P.col, 0, by, out=ei[0])
+        torch.index_select(P.intra_dst(), 0, by, out=ei[1])
+        lid = by.long().add_(int(self.edge_off[k]))
+        return _subgraph(torch.arange(no, no + P.num_inner), ei, lid, diag_lambda)
 
 
     def blocks(self, parts: list[int], diag_lambda: float | None = None) -> tuple[Subgraph, list[int]]:
@@ -213,7 +272,7 @@ class RankParts:
             starts.append(off)
             node_ids.append(torch.arange(no, no + rows))
             src.append(off + P.col)
-            dst.append(off + self._dst[k])
+            dst.append(off + P.intra_dst())
             lid.append(eo + torch.arange(P.num_intra))
             if self.halo:
                 src.append(off + P.num_inner + torch.searchsorted(P.nodes[P.num_inner:], P.cross_src))
@@ -221,13 +280,7 @@ class RankParts:
                 lid.append(eo + P.num_intra + torch.arange(P.num_cross))
             off += rows
         ei, lid = torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(lid)
-        node_ids = torch.cat(node_ids)
-        weight = None
-        if diag_lambda is not None:
-            keep = (ei[0] != ei[1]).nonzero().view(-1)
-            ei, lid = ei[:, keep], lid[keep]
-            weight = diag_enhanced_weights(ei, node_ids.numel(), diag_lambda)
-        return Subgraph(node_ids, ei, lid, weight), starts
+        return _subgraph(torch.cat(node_ids), ei, lid, diag_lambda), starts
 
 
 class StoreClusterSampler:
@@ -266,6 +319,9 @@ class StoreClusterSampler:
         if not isinstance(clusters_per_batch, int) or not 1 <= clusters_per_batch <= smallest:
             raise ConfigError(f"sampler.clusters_per_batch={clusters_per_batch!r}: expected an integer in [1, "
                               f"{smallest}] (the store's {num} parts dealt to {groups} = processes x grad_accum groups)")
+        if clusters_per_batch > 1 and not parts.cross:
+            raise ConfigError(f"sampler.clusters_per_batch={clusters_per_batch} keeps the edges between the parts of "
+                              f"a batch, but the parts were opened without their entering edges (cross=False)")
         self.parts, self.q, self.seed, self.diag_lambda = parts, clusters_per_batch, seed, diag_lambda
         self.rank, self.world_size, self.grad_accum, self.groups = rank, world_size, grad_accum, groups
         self.steps = max(math.ceil(len(s) / self.q) for s in self.slots)
@@ -326,6 +382,9 @@ class StoreRandomSampler:
                               f"but the store has only {total} part(s); partition into >= {groups} parts")
         if not isinstance(num_parts, int) or num_parts < 1:
             raise ConfigError(f"sampler.num_parts must be >= 1, got {num_parts!r}")
+        if not parts.cross:
+            raise ConfigError("random batches keep the edges between a group's parts, but the parts were opened "
+                              "without their entering edges (RankParts(cross=False))")
         self.parts, self.seed, self.rank, self.world_size, self.grad_accum = parts, seed, rank, world_size, grad_accum
         self.groups, self.k = groups, math.ceil(num_parts / groups)
         self.slots = [list(range(g, total, groups)) for g in range(groups)]
@@ -366,7 +425,7 @@ class StoreRandomSampler:
         src, dst, eid, lid = [], [], [], []
         for k in ks:
             P, no, eo = rp.parts[k], int(rp.node_off[k]), int(rp.edge_off[k])
-            s_rows, d_rows = no + P.col, no + rp._dst[k]
+            s_rows, d_rows = no + P.col, no + P.intra_dst()
             src.append(s_rows), dst.append(d_rows), eid.append(P.eid), lid.append(eo + torch.arange(P.num_intra))
             src_k = rp.owned_index[P.cross_part]
             inb = (src_k >= 0).nonzero().view(-1)

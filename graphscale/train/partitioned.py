@@ -175,13 +175,23 @@ def open_rank_data(cfg: Config, rank: int, world_size: int) -> RankData:
     try:
         meta = read_meta(root)
         owned = owned_parts(meta["num_parts"], rank, world_size)
-        parts = RankParts(root, meta, owned, checksum=cfg.data.store_verify == "sha256")
+        parts = RankParts(root, meta, owned, checksum=cfg.data.store_verify == "sha256",
+                          cross=needs_cross_edges(cfg, meta))
         data = RankData(meta["dataset"], parts, meta, root, owned, meta["task"], int(meta["num_outputs"]),
                         meta["metric"], meta["evaluator"])
     except StoreError as exc:
         error = str(exc)
     distributed.agree(error, StoreError)
     return data
+
+
+def needs_cross_edges(cfg: Config, meta: dict) -> bool:
+    """Whether training and evaluation read the parts' entering edges: batches of several parts
+    (``clusters_per_batch > 1``, random batches) and halo stores do; Cluster-GCN with one part per
+    step on a store without a halo never does, so a rank does not hold them (40 bytes per entering
+    edge in memory)."""
+    s = cfg.sampler
+    return int(meta["halo"]) == 1 or s.name != "cluster" or s.clusters_per_batch > 1
 
 
 def build_store_sampler(cfg: Config, data: RankData, rank: int, world_size: int):

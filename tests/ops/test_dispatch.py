@@ -23,6 +23,38 @@ def test_csr_from_edge_index_layout(graph):
     assert torch.equal(at.col, adj.row[at.perm]) and torch.equal(at.row, adj.col[at.perm])
 
 
+
+def test_csr_and_transpose_freed_without_cyclic_gc(graph):
+    # A training step's CSR (and the transpose its backward builds) must go as soon as the step's
+    # tensors do: a CSR <-> transpose reference cycle kept every step's index arrays until one of
+    # Python's rare full collections (docs/partitioned.md, Measured)
+    import gc
+    import weakref
+    ei = graph(11, 37)
+    x = torch.randn(11, 3, requires_grad=True)
+    gc.disable()
+    try:
+        adj = as_csr(ei, 11)
+        spmm(adj, x, "mean").sum().backward()  # backward builds and caches adj.t()
+        assert adj._t is not None
+        refs = [weakref.ref(adj), weakref.ref(adj._t)]
+        del adj
+        del ei  # the as_csr cache entry goes with its edge_index
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
+def test_csr_transpose_outliving_its_csr(graph):
+    ei = graph(11, 37)
+    adj = CSR.from_edge_index(ei, 11)
+    keep = (adj.rowptr.clone(), adj.col.clone(), adj.perm.clone())
+    at = adj.t()
+    del adj  # only the transpose is kept: its t() is the same CSR again (perm back to edge_index order)
+    back = at.t()
+    assert all(torch.equal(a, b) for a, b in zip((back.rowptr, back.col, back.perm), keep))
+    assert back.t() is at and at.t() is back
+
 def test_as_csr_inputs_and_cache(graph):
     ei = graph(11, 37)
     a = as_csr(ei, 11)

@@ -160,7 +160,7 @@ def test_parts_union_with_edge_features_and_multilabel(proteins, tmp_path):
     assert meta["task"] == "multilabel" and meta["edge_dim"] == proteins.edge_attr.size(1)
 
 
-@pytest.mark.parametrize("q,lam", [(1, None), (2, None), (3, 1.0)])
+@pytest.mark.parametrize("q,lam", [(1, None), (1, 1.0), (2, None), (3, 1.0)])
 def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, lam):
     out = str(tmp_path / "s")
     part = partition("metis", products.edge_index, products.num_nodes, 6, seed=0)
@@ -183,6 +183,61 @@ def test_store_batches_are_the_in_memory_cluster_batches(products, tmp_path, q, 
             assert torch.equal(rp.x[b.node_ids], products.x[a.node_ids])
             assert torch.equal(rp.y[b.node_ids], products.y[a.node_ids])
 
+
+
+def test_one_part_halo_batches_need_no_sort(products, tmp_path):
+    # a one-part halo batch is built in (source part, edge id) order without sorting; the same batch
+    # through the sorting path (as if the entering edges were not stored in id order) is identical.
+    # (One-part batches without a halo are compared with the in-memory sampler's above.)
+    out = str(tmp_path / "s")
+    write_store(products, out, 5, "metis", halo=1, seed=0, progress=False)
+    meta = read_meta(out)
+    rp, sorting = RankParts(out, meta, list(range(5))), RankParts(out, meta, list(range(5)))
+    assert all(rp._cross_sorted)
+    sorting._cross_sorted = [False] * 5
+    for p in range(5):
+        a, b = rp.batch([p], diag_lambda=1.0), sorting.batch([p], diag_lambda=1.0)
+        assert torch.equal(a.node_ids, b.node_ids) and torch.equal(a.edge_index, b.edge_index)
+        assert torch.equal(a.edge_ids, b.edge_ids) and torch.equal(a.edge_weight, b.edge_weight)
+    assert rp._by_eid[0].dtype == torch.int32  # 4 bytes per intra edge kept for it
+
+
+def test_parts_opened_without_entering_edges(products, tmp_path):
+    # q = 1 without a halo never reads the entering edges: opened without them, the batches and the
+    # evaluation blocks are the same, and every use that needs them is refused
+    from graphscale.sampling.store_sampler import StoreRandomSampler
+    from graphscale.train.config import load_config
+    from graphscale.train.partitioned import needs_cross_edges
+    out = str(tmp_path / "s")
+    write_store(products, out, 6, "metis", seed=0, progress=False)
+    meta = read_meta(out)
+    full, lean = RankParts(out, meta, [1, 3, 5]), RankParts(out, meta, [1, 3, 5], cross=False)
+    assert lean.parts[0].cross_src is None and lean.parts[0].num_cross == full.parts[0].num_cross > 0
+    assert torch.equal(lean.edge_off, full.edge_off)
+    cross = sum(P.num_cross for P in full.parts)
+    assert full.index_bytes() - lean.index_bytes() == 40 * cross  # five int64 arrays per entering edge
+    kw = dict(seed=2, diag_lambda=1.0, rank=1, world_size=2)  # rank 1 of 2 owns parts 1, 3, 5
+    a, b = StoreClusterSampler(full, 1, **kw), StoreClusterSampler(lean, 1, **kw)
+    for x, y in zip(a.epoch(3), b.epoch(3), strict=True):
+        assert torch.equal(x.node_ids, y.node_ids) and torch.equal(x.edge_index, y.edge_index)
+        assert torch.equal(x.edge_ids, y.edge_ids) and torch.equal(x.edge_weight, y.edge_weight)
+    (bx, sx), (by, sy) = full.blocks([1, 5]), lean.blocks([1, 5])
+    assert sx == sy and torch.equal(bx.edge_index, by.edge_index) and torch.equal(bx.edge_ids, by.edge_ids)
+    with pytest.raises(ConfigError, match="entering edges"):
+        lean.batch([1, 3])
+    with pytest.raises(ConfigError, match="clusters_per_batch=2"):
+        StoreClusterSampler(lean, 2, rank=1, world_size=2)
+    with pytest.raises(ConfigError, match="random batches"):
+        StoreRandomSampler(lean, 3, rank=1, world_size=2)
+    halo = str(tmp_path / "h")
+    write_store(products, halo, 3, "metis", halo=1, seed=0, progress=False)
+    with pytest.raises(ConfigError, match="halo"):
+        RankParts(halo, read_meta(halo), [0], cross=False)
+    cfg = lambda *kv: load_config(None, ["sampler.name=cluster", *kv])  # noqa: E731
+    assert not needs_cross_edges(cfg("sampler.clusters_per_batch=1"), meta)
+    assert needs_cross_edges(cfg("sampler.clusters_per_batch=2"), meta)
+    assert needs_cross_edges(cfg("sampler.clusters_per_batch=1"), read_meta(halo))
+    assert needs_cross_edges(load_config(None, ["sampler.name=random"]), meta)
 
 def test_store_random_batches_are_the_in_memory_random_partition_batches(products, tmp_path):
     from graphscale.sampling.samplers import PartitionSampler
@@ -262,9 +317,10 @@ def _worst(a, b):
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-def test_training_from_the_store_equals_in_memory_cluster_gcn(store, root, tmp_path):
-    mem = _train([f"data.root={root}"], tmp_path / "mem")
-    st = _train([f"data.root={root}", f"data.partitions={store}"], tmp_path / "st")
+@pytest.mark.parametrize("q", [2, 1])  # q = 1: the ranks open their parts without the entering edges
+def test_training_from_the_store_equals_in_memory_cluster_gcn(store, root, tmp_path, q):
+    mem = _train([f"data.root={root}", f"sampler.clusters_per_batch={q}"], tmp_path / "mem")
+    st = _train([f"data.root={root}", f"data.partitions={store}", f"sampler.clusters_per_batch={q}"], tmp_path / "st")
     assert _worst(_model(tmp_path / "mem"), _model(tmp_path / "st")) <= 1e-6
     assert [r["loss"] for r in _rows(tmp_path / "mem")] == pytest.approx([r["loss"] for r in _rows(tmp_path / "st")],
                                                                         rel=1e-6)
