@@ -337,3 +337,9 @@ def keep_edge_weight(ctx, w: Optional[Tensor], needed: bool, w_needs_grad: bool)
     ctx.edge_weight = w
     report_ctx(w)
     return None
+
+
+def kept_edge_weight(ctx, saved: Optional[Tensor]) -> Optional[Tensor]:
+    """For the same Function's ``backward``: the edge weights :func:`keep_edge_weight` kept, from the
+    saved slot (``saved``) or, where that is ``None``, from ``ctx.edge_weight``."""
+    return ctx.edge_weight if saved is None else saved

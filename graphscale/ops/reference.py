@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from graphscale.ops.csr import CSR, keep_edge_weight
+from graphscale.ops.csr import CSR, keep_edge_weight, kept_edge_weight
 
 __all__ = ["spmm", "softmax_aggr", "gen_aggr", "SpMMSumMean", "SpMMMaxMin", "SpMMMaxMinFirst", "SoftmaxAggr",
            "GenAggr"]
@@ -91,7 +91,7 @@ class SpMMSumMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w = ctx.saved_tensors
-        w = ctx.edge_weight if w is None else w
+        w = kept_edge_weight(ctx, w)
         adj: CSR = ctx.adj
         g = g.contiguous()
         if ctx.mean:
@@ -193,7 +193,7 @@ class SpMMMaxMinFirst(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w, arg = ctx.saved_tensors
-        w = ctx.edge_weight if w is None else w
+        w = kept_edge_weight(ctx, w)
         adj: CSR = ctx.adj
         pad = torch.zeros(1, dtype=torch.long, device=g.device)
         # Position E marks an empty row: it maps to source 0 with coefficient 0 (no contribution).
@@ -235,7 +235,7 @@ class SpMMMaxMin(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w = ctx.saved_tensors
-        w = ctx.edge_weight if w is None else w
+        w = kept_edge_weight(ctx, w)
         adj: CSR = ctx.adj
         need_x, need_w = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gsrc = torch.empty(adj.num_edges, x.size(1), dtype=g.dtype, device=g.device) if need_x else None

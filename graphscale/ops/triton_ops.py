@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from graphscale.errors import ConfigError
-from graphscale.ops.csr import CSR, keep_edge_weight
+from graphscale.ops.csr import CSR, keep_edge_weight, kept_edge_weight
 
 __all__ = ["spmm", "softmax_aggr", "TritonSpMM", "TritonSoftmaxAggr", "CHUNK_ENV", "schedule_of"]
 
@@ -71,7 +71,7 @@ class TritonSpMM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, w, arg = ctx.saved_tensors
-        w = ctx.edge_weight if w is None else w
+        w = kept_edge_weight(ctx, w)
         adj: CSR = ctx.adj
         mk, _ = _kernels()
         at = adj.t()
